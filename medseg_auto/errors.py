@@ -1,0 +1,13 @@
+"""Exceptions that carry the exit code the CLI contract promises (see the README)."""
+
+
+class MedsegError(Exception):
+    """Base class: an error the CLI reports as a message, without a traceback."""
+
+    exit_code = 1
+
+
+class InputError(MedsegError):
+    """Bad input data or bad arguments: nothing was changed, exit code 2."""
+
+    exit_code = 2

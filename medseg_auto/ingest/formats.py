@@ -1,0 +1,102 @@
+"""Image file formats: which files are images, how their names split into stem and ending, how to read them.
+
+3D formats are read with SimpleITK (what nnU-Net's SimpleITKIO uses), 2D formats with Pillow. Reading
+returns an :class:`ImageData` in one shape for both, so the checks never care which library read a file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+PLANAR_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".gif")
+IMAGE_ENDINGS = VOLUME_ENDINGS + PLANAR_ENDINGS
+
+# Endings nnU-Net reads as they are, so a file in one of them that needs no change is referenced, not copied.
+# .mhd is left out on purpose: its pixels live in a sidecar file and we convert it to a single file.
+NNUNET_VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+NNUNET_PLANAR_ENDINGS = (".png", ".bmp", ".tif")
+
+
+def image_ending(path: Path | str) -> str | None:
+    """The image ending of a file name (``.nii.gz`` counts as one), or None for a non-image file."""
+    name = Path(path).name.lower()
+    for ending in IMAGE_ENDINGS:
+        if name.endswith(ending) and len(name) > len(ending):
+            return ending
+    return None
+
+
+def stem(path: Path | str) -> str:
+    """The file name without its image ending (``case_01.nii.gz`` -> ``case_01``)."""
+    name = Path(path).name
+    ending = image_ending(name)
+    return name[: -len(ending)] if ending else name
+
+
+def is_planar(path: Path | str) -> bool:
+    return image_ending(path) in PLANAR_ENDINGS
+
+
+@dataclass
+class ImageData:
+    """One image file, read: pixels plus geometry in ITK's (x, y, z) order.
+
+    ``array`` is in numpy order (z, y, x) for volumes and (y, x) for 2D, with a trailing axis when a pixel
+    has several components (RGB).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions: 2 or 3 (4 for a 4D volume)."""
+        return self.array.ndim - (1 if self.components > 1 else 0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[: self.ndim])
+
+
+def read_image(path: Path) -> ImageData:
+    """Read any supported image file; raises an exception with the library's message when it cannot."""
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty (0 bytes)")
+    if is_planar(path):
+        return _read_planar(path)
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    return ImageData(
+        array=sitk.GetArrayFromImage(image),
+        spacing=tuple(image.GetSpacing()),
+        origin=tuple(image.GetOrigin()),
+        direction=tuple(image.GetDirection()),
+        components=image.GetNumberOfComponentsPerPixel(),
+    )
+
+
+def _read_planar(path: Path) -> ImageData:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1 and image_ending(path) in (".tif", ".tiff"):
+            raise ValueError(f"a multi-page TIFF ({frames} pages); save 3D data as NIfTI (.nii.gz) instead")
+        if image.mode == "P":  # palette images: keep the indices for masks, colours would lose them
+            array = np.asarray(image)
+        elif image.mode in ("RGBA", "LA"):
+            array = np.asarray(image.convert("RGB" if image.mode == "RGBA" else "L"))
+        else:
+            array = np.asarray(image)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    components = array.shape[2] if array.ndim == 3 else 1
+    return ImageData(array=array, spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0),
+                     components=components)
