@@ -1,0 +1,1 @@
+"""Command-line front ends: argument parsing, messages and exit codes only."""
