@@ -58,9 +58,14 @@ def copy_membrane(dest: Path, n: int = 6) -> Path:
 
 
 @pytest.fixture
-def train_cli(project: Path, capsys):
-    """Run ``exe_train.py`` in-process against ``project``; returns (exit code, stdout, stderr)."""
+def train_cli(project: Path, capsys, monkeypatch):
+    """Run ``exe_train.py`` in-process against ``project``; returns (exit code, stdout, stderr).
+
+    The terminal is made wide so that each problem of the report stays on one line.
+    """
     from medseg_auto.cli.train import main
+
+    monkeypatch.setenv("COLUMNS", "1000")
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(list(args), root=project)

@@ -72,6 +72,22 @@ def read_image(path: Path) -> ImageData:
         return _read_planar(path)
     import SimpleITK as sitk
 
+    if image_ending(path) in (".nii", ".nii.gz"):
+        # Geometry from ITK's header reader (what nnU-Net sees), pixels from nibabel: ITK silently reads a
+        # truncated .nii.gz as zeros and turns NaN into 0, nibabel reports both.
+        import nibabel
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        if reader.GetNumberOfComponents() == 1:
+            return ImageData(
+                array=np.asarray(nibabel.load(path).dataobj).T,
+                spacing=tuple(reader.GetSpacing()),
+                origin=tuple(reader.GetOrigin()),
+                direction=tuple(reader.GetDirection()),
+                components=1,
+            )
     image = sitk.ReadImage(str(path))
     return ImageData(
         array=sitk.GetArrayFromImage(image),

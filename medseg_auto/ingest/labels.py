@@ -105,10 +105,12 @@ def parse_regions(text: str | None) -> list[tuple[str, list[int]]] | None:
     return regions
 
 
-def plan_labels(values: dict[str, set[int]], request: LabelRequest, declared: dict | None = None) -> LabelPlan:
+def plan_labels(values: dict[str, set[int]], request: LabelRequest, declared: dict | None = None,
+                files: dict[str, str] | None = None) -> LabelPlan:
     """Choose the value mapping and names for the data's label values (per case) and the user's request.
 
-    Problems name the cases whose values do not fit; nothing is raised for data problems.
+    Problems name the cases (and their label ``files``) whose values do not fit; nothing is raised for
+    data problems.
     """
     found = sorted(set().union(*values.values())) if values else []
     foreground = [v for v in found if v != 0]
@@ -127,7 +129,7 @@ def plan_labels(values: dict[str, set[int]], request: LabelRequest, declared: di
                          {i + 1: n for i, (_, n) in enumerate(order)})
     else:
         plan = _plan_by_order(foreground, request.names, values)
-    _check_values(plan, values, request)
+    _check_values(plan, values, files or {})
     return plan
 
 
@@ -194,7 +196,7 @@ def _plan_declared(declared: dict) -> LabelPlan:
     return LabelPlan({0: 0, **{v: v for v in names}}, names)
 
 
-def _check_values(plan: LabelPlan, values: dict[str, set[int]], request: LabelRequest) -> None:
+def _check_values(plan: LabelPlan, values: dict[str, set[int]], files: dict[str, str]) -> None:
     """Per case: values outside the plan (errors), no foreground at all (warning)."""
     if plan.problems and any(p.case == DATASET for p in plan.problems):
         return
@@ -203,11 +205,11 @@ def _check_values(plan: LabelPlan, values: dict[str, set[int]], request: LabelRe
     for case, vs in sorted(values.items()):
         extra = sorted(vs - allowed)
         if extra:
-            plan.problems.append(Problem(case, "label", f"label value(s) {_fmt(extra)} not among the named "
+            plan.problems.append(Problem(case, files.get(case, "label"), f"label value(s) {_fmt(extra)} not among the named "
                                          f"labels ({named})", "fix this case's label, name the value with -l, or "
                                          "leave the case out with --skip-invalid"))
         elif not (vs - {0}):
-            plan.problems.append(Problem(case, "label", "the label is empty (background only)",
+            plan.problems.append(Problem(case, files.get(case, "label"), "the label is empty (background only)",
                                          "fine if this case truly has no structure; otherwise fix the label",
                                          WARNING))
     counts = Counter(v for vs in values.values() for v in vs)

@@ -116,6 +116,7 @@ def discover(folder: Path, label_pattern: str | None = None, ending: str | None 
     finder = {"nnunet_raw": _discover_nnunet, "paired": _discover_paired,
               "per_case": _discover_per_case, "flat": _discover_flat}[layout]
     discovery = finder(folder, label_pattern, ending)
+    _name_lone_channels(discovery)
     _check_duplicates(discovery)
     _check_channel_sets(discovery)
     return discovery
@@ -235,7 +236,11 @@ def _match_by_name(disc: Discovery, image_files: list[Path], label_files: list[P
         case = next((c for c in by_length if s == c or (s.startswith(c) and s[len(c)] in "_-. ")), None)
         if case is None:  # the label may carry an unknown suffix: "case" <-> "case_lesion"
             case = next((c for c in by_length if c.startswith(s) and c[len(s)] in "_-. "), s)
-        images.setdefault(case, {})[s] = f
+        if s in images.setdefault(case, {}):
+            disc.problems.append(Problem(case, f"{images[case][s].name}, {f.name}", "duplicate case or channel: "
+                                         "the same name in several files", "remove the copies, or pick one file "
+                                         "type with -e (e.g. -e .nii.gz)"))
+        images[case][s] = f
     for case, files in images.items():
         keys = channel_keys(list(files), case)
         images[case] = dict(zip(keys, files.values()))
@@ -257,6 +262,18 @@ def _pair(disc: Discovery, images: dict[str, dict[str, Path]], labels: dict[str,
 
 
 # --- checks that need names only -----------------------------------------------------------------------
+
+def _name_lone_channels(disc: Discovery) -> None:
+    """A case left with one image file has no channel key of its own (``""``); where other cases name
+    their channels, give it the key its file name shows, so that a missing channel is reported by name."""
+    known = {k for c in disc.cases for k in c.channels if k}
+    for case in disc.cases:
+        if list(case.channels) == [""]:
+            name = stem(case.channels[""]).lower()
+            hits = [k for k in known if re.search(rf"(^|{_SEP}){re.escape(k.lower())}({_SEP}|$)", name)]
+            if len(hits) == 1:
+                case.channels = {hits[0]: case.channels[""]}
+
 
 def _check_duplicates(disc: Discovery) -> None:
     """The same case or channel twice, e.g. ``a.nii`` beside ``a.nii.gz``."""

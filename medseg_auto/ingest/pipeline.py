@@ -87,11 +87,12 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
         return {int(v) for v in info.values}
 
     values = {c.name: v for c in cases if (v := label_values(c)) is not None}
-    plan = plan_labels(values, options.labels, declared if disc.layout == "nnunet_raw" and declared else None)
+    plan = plan_labels(values, options.labels, declared if disc.layout == "nnunet_raw" and declared else None,
+                       {c.name: rel(c.label) for c in cases})
     problems += plan.problems
     bad = invalid_cases(problems)
     usable = [c for c in cases if c.name not in bad]
-    problems += check_case_count(len(usable) if options.skip_invalid else len(cases), options.folds)
+    problems += check_case_count(len(usable) if options.skip_invalid else len(disc.cases), options.folds)
     errors = [p for p in problems if p.is_error]
     if errors and (not options.skip_invalid or any(p.case == DATASET for p in errors)):
         raise DataProblems(problems, bad)

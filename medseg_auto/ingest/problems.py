@@ -1,6 +1,7 @@
 """Problems found in the input, and the table that reports all of them at once."""
 from __future__ import annotations
 
+import shutil
 import textwrap
 from dataclasses import dataclass
 from typing import Iterable
@@ -36,8 +37,10 @@ def invalid_cases(problems: Iterable[Problem]) -> set[str]:
     return {p.case for p in problems if p.is_error and p.case != DATASET}
 
 
-def format_table(problems: list[Problem], width: int = 160) -> str:
-    """A plain-text table (case, file, problem, how to fix), wrapped to ``width`` columns."""
+def format_table(problems: list[Problem], width: int | None = None) -> str:
+    """A plain-text table (case, file, problem, how to fix), wrapped to ``width`` columns (default: the
+    terminal's width, at least 120)."""
+    width = width or max(120, shutil.get_terminal_size((160, 24)).columns)
     headers = ("", "case", "file", "problem", "how to fix")
     rows = [("ERROR" if p.is_error else "warn", p.case, p.file, p.problem, p.fix) for p in problems]
     fixed = [5, min(28, max(len(headers[1]), *(len(r[1]) for r in rows))),
