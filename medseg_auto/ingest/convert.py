@@ -77,14 +77,14 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
                 outs = [folder / "imagesTr" / f"{case.name}_{len(images) + i:04d}{ending}" for i in range(3)]
                 jobs.append((_write_split_rgb, src, outs))
                 images += outs
-            elif _usable_as_is(src, infos[src], is_2d):
+            elif _usable_as_is(src, infos[src], ending):
                 images.append(src.resolve())
             else:
                 out = folder / "imagesTr" / f"{case.name}_{len(images):04d}{ending}"
                 jobs.append((_write_image, src, out))
                 images.append(out)
         label = case.label
-        if _label_usable_as_is(label, infos[label], is_2d, plan):
+        if _label_usable_as_is(label, infos[label], ending, plan):
             label = label.resolve()
         else:
             out = folder / "labelsTr" / f"{case.name}{ending}"
@@ -111,14 +111,14 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
     return conv
 
 
-def _usable_as_is(src: Path, info: FileInfo, is_2d: bool) -> bool:
-    """nnU-Net reads it unchanged with the dataset's reader (and its path survives nnU-Net's expandvars)."""
-    same_kind = image_ending(src) in (NNUNET_PLANAR_ENDINGS if is_2d else NNUNET_VOLUME_ENDINGS)
-    return same_kind and info.components == 1 and "$" not in str(src.resolve())
+def _usable_as_is(src: Path, info: FileInfo, ending: str) -> bool:
+    """nnU-Net reads it unchanged: in the dataset's file ending (nnU-Net copies labels under that ending),
+    one component per pixel, and a path that survives nnU-Net's ``expandvars``."""
+    return image_ending(src) == ending and info.components == 1 and "$" not in str(src.resolve())
 
 
-def _label_usable_as_is(src: Path, info: FileInfo, is_2d: bool, plan: LabelPlan) -> bool:
-    return (_usable_as_is(src, info, is_2d) and not info.dtype.startswith("float")
+def _label_usable_as_is(src: Path, info: FileInfo, ending: str, plan: LabelPlan) -> bool:
+    return (_usable_as_is(src, info, ending) and not info.dtype.startswith("float")
             and all(plan.mapping.get(int(v)) == int(v) for v in info.values or ()))
 
 
