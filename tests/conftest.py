@@ -32,14 +32,23 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def copy_hippocampus(dest: Path, n: int = 10) -> Path:
-    src = real_data("hippocampus")
+def copy_pairs(dataset: str, dest: Path, n: int) -> Path:
+    """The first ``n`` cases of a real paired-folder dataset (images/ + labels/) copied to ``dest``."""
+    src = real_data(dataset)
     names = sorted(p.name for p in (src / "images").iterdir())[:n]
     for sub in ("images", "labels"):
         (dest / sub).mkdir(parents=True)
         for name in names:
             shutil.copy2(src / sub / name, dest / sub / name)
     return dest
+
+
+def copy_hippocampus(dest: Path, n: int = 10) -> Path:
+    return copy_pairs("hippocampus", dest, n)
+
+
+def copy_membrane(dest: Path, n: int = 6) -> Path:
+    return copy_pairs("membrane_2d", dest, n)
 
 
 def copy_brats(dest: Path) -> Path:
@@ -47,14 +56,11 @@ def copy_brats(dest: Path) -> Path:
     return dest
 
 
-def copy_membrane(dest: Path, n: int = 6) -> Path:
-    src = real_data("membrane_2d")
-    names = sorted(p.name for p in (src / "images").iterdir())[:n]
-    for sub in ("images", "labels"):
-        (dest / sub).mkdir(parents=True)
-        for name in names:
-            shutil.copy2(src / sub / name, dest / sub / name)
-    return dest
+def verify_with_nnunet(raw_dataset: Path | str) -> None:
+    """nnU-Net's own integrity check must accept what we converted (it raises on any problem)."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(raw_dataset), num_processes=1)
 
 
 @pytest.fixture

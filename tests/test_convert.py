@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import copy_hippocampus, copy_membrane, read_record, tree_digest
+from conftest import copy_hippocampus, copy_membrane, read_record, tree_digest, verify_with_nnunet
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions, plan_labels
 
 
@@ -19,9 +19,7 @@ def _dataset_json(project: Path, name: str) -> dict:
 
 
 def _verify(project: Path, name: str) -> None:
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    verify_dataset_integrity(read_record(project, name)["raw_dataset"], num_processes=1)
+    verify_with_nnunet(read_record(project, name)["raw_dataset"])
 
 
 def test_nnunet_raw_layout_keeps_its_dataset_json(project, train_cli, tmp_path):

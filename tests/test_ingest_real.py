@@ -11,14 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import REPO, copy_membrane, read_record, real_data, tree_digest
-
-
-def _verify_with_nnunet(raw_dataset: Path) -> None:
-    """nnU-Net's own integrity check must accept what we converted (it raises on any problem)."""
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    verify_dataset_integrity(str(raw_dataset), num_processes=1)
+from conftest import REPO, copy_membrane, read_record, real_data, tree_digest, verify_with_nnunet
 
 
 def test_hippocampus_all_cases(project, train_cli):
@@ -42,7 +35,7 @@ def test_hippocampus_all_cases(project, train_cli):
         assert sitk.ReadImage(label).GetPixelID() == sitk.sitkUInt8
     assert len(written) < 10
     assert tree_digest(project / "input_train") == before
-    _verify_with_nnunet(raw)
+    verify_with_nnunet(raw)
 
 
 def test_brats_per_case_folders(project, train_cli):
@@ -65,7 +58,7 @@ def test_brats_per_case_folders(project, train_cli):
     assert np.array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(src).astype(np.uint8))
     assert label.GetOrigin() == src.GetOrigin()
     assert tree_digest(project / "input_train") == before
-    _verify_with_nnunet(Path(rec["raw_dataset"]))
+    verify_with_nnunet(Path(rec["raw_dataset"]))
 
 
 def test_brats_regions_and_channel_order(project, train_cli):
@@ -79,7 +72,7 @@ def test_brats_regions_and_channel_order(project, train_cli):
     assert ds["labels"] == {"background": 0, "WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]}
     assert ds["regions_class_order"] == [2, 1, 4]
     assert Path(ds["dataset"]["brats_2013_pat0001_1"]["images"][0]).name.startswith("T1c")
-    _verify_with_nnunet(Path(rec["raw_dataset"]))
+    verify_with_nnunet(Path(rec["raw_dataset"]))
 
 
 def test_membrane_2d_masks_0_255(project, train_cli):
@@ -100,7 +93,7 @@ def test_membrane_2d_masks_0_255(project, train_cli):
     src = np.asarray(Image.open(project / "input_train" / "membrane" / "labels" / "0.png"))
     assert set(np.unique(mask)) == {0, 1} and np.array_equal(mask == 1, src == 255)
     assert tree_digest(project / "input_train") == before
-    _verify_with_nnunet(Path(rec["raw_dataset"]))
+    verify_with_nnunet(Path(rec["raw_dataset"]))
 
 
 def test_exe_train_shim_runs_as_a_script(tmp_path):

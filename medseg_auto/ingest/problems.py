@@ -43,8 +43,8 @@ def format_table(problems: list[Problem], width: int | None = None) -> str:
     width = width or max(120, shutil.get_terminal_size((160, 24)).columns)
     headers = ("", "case", "file", "problem", "how to fix")
     rows = [("ERROR" if p.is_error else "warn", p.case, p.file, p.problem, p.fix) for p in problems]
-    fixed = [5, min(28, max(len(headers[1]), *(len(r[1]) for r in rows))),
-             min(40, max(len(headers[2]), *(len(r[2]) for r in rows)))]
+    fixed = [5, min(28, max([len(headers[1])] + [len(r[1]) for r in rows])),
+             min(40, max([len(headers[2])] + [len(r[2]) for r in rows]))]
     rest = max(40, width - sum(fixed) - 4 * 3)
     widths = fixed + [rest * 5 // 9, rest - rest * 5 // 9]
 
