@@ -198,3 +198,16 @@ def test_bad_arguments_exit_2(project, hippo, train_cli):
     assert train_cli("-d", "hippo", "-t", "0", "--dry-run")[0] == 2
     assert train_cli("-d", "hippo", "--regions", "WT=", "--dry-run")[0] == 2
     assert train_cli("-d", "hippo", "-l", "a,a", "--dry-run")[0] == 2
+
+
+def test_label_without_image_and_extra_channel(project, hippo, train_cli, tmp_path):
+    shutil.copy2(sorted((hippo / "labels").iterdir())[0], hippo / "labels" / "orphan_seg.nii.gz")
+    err = _fails(train_cli, project, "-d", "hippo")
+    _row(err, "orphan", "label has no image file", "labels/orphan_seg.nii.gz")
+    brats = copy_brats(project / "input_train" / "brats")
+    case = brats / "brats_2013_pat0004_1"
+    shutil.copy2(case / "T1c_subtrMeanDivStd.nii.gz", case / "T2_subtrMeanDivStd.nii.gz")
+    err = _fails(train_cli, project, "-d", "brats")
+    _row(err, "brats_2013_pat0004_1", "has 3 channel(s)", "extra: T2")
+    code, out, err = train_cli("-d", "brats", "--channels", "FLAIR,T1c", "--dry-run")  # choosing resolves it
+    assert code == 0, err

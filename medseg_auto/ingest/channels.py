@@ -24,7 +24,9 @@ def canonical_name(key: str) -> str:
 
 
 def same_channel(a: str, b: str) -> bool:
-    """Whether two channel names mean the same channel (case and alias insensitive)."""
+    """Whether two channel names mean the same channel (case and alias insensitive; ``0000`` == ``0``)."""
+    if a.isdigit() and b.isdigit():
+        return int(a) == int(b)
     return canonical_name(a).lower() == canonical_name(b).lower()
 
 
@@ -79,7 +81,7 @@ def resolve_channels(keys: list[str], wanted: list[str] | None, image_type: list
     if wanted:
         ordered = []
         for w in wanted:
-            match = [k for k in keys if same_channel(k, w) or (k.isdigit() and w.isdigit() and int(k) == int(w))]
+            match = [k for k in keys if same_channel(k, w)]
             if not match:
                 raise InputError(f"--channels: no channel '{w}' in the files; channels found: {found}")
             ordered.append(match[0])

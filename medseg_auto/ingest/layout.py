@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg_auto.errors import InputError
-from medseg_auto.ingest.channels import canonical_name, channel_keys
+from medseg_auto.ingest.channels import canonical_name, channel_keys, same_channel
 from medseg_auto.ingest.formats import image_ending, stem
 from medseg_auto.ingest.problems import DATASET, Problem
 
@@ -106,8 +106,12 @@ def detect_layout(folder: Path) -> str | None:
     return None
 
 
-def discover(folder: Path, label_pattern: str | None = None, ending: str | None = None) -> Discovery:
-    """Find the cases of a dataset folder. Pairing problems are collected, not raised."""
+def discover(folder: Path, label_pattern: str | None = None, ending: str | None = None,
+             channels: list[str] | None = None) -> Discovery:
+    """Find the cases of a dataset folder. Pairing problems are collected, not raised.
+
+    ``channels`` (``--channels``) keeps only the named channels; other image files are ignored.
+    """
     layout = detect_layout(folder)
     if layout is None:
         raise InputError(f"{folder} does not hold a dataset in a layout we know (see input_train/README.md).")
@@ -117,6 +121,8 @@ def discover(folder: Path, label_pattern: str | None = None, ending: str | None 
               "per_case": _discover_per_case, "flat": _discover_flat}[layout]
     discovery = finder(folder, label_pattern, ending)
     _name_lone_channels(discovery)
+    if channels:
+        _keep_channels(discovery, channels)
     _check_duplicates(discovery)
     _check_channel_sets(discovery)
     return discovery
@@ -273,6 +279,13 @@ def _name_lone_channels(disc: Discovery) -> None:
             hits = [k for k in known if re.search(rf"(^|{_SEP}){re.escape(k.lower())}({_SEP}|$)", name)]
             if len(hits) == 1:
                 case.channels = {hits[0]: case.channels[""]}
+
+
+def _keep_channels(disc: Discovery, wanted: list[str]) -> None:
+    for case in disc.cases:
+        keep = {k: f for k, f in case.channels.items() if any(same_channel(k, w) for w in wanted)}
+        disc.ignored += [f for k, f in case.channels.items() if k not in keep]
+        case.channels = keep
 
 
 def _check_duplicates(disc: Discovery) -> None:

@@ -65,7 +65,7 @@ class CheckedDataset:
 def check_dataset(options: IngestOptions) -> CheckedDataset:
     """Discover and check every case; raise :class:`DataProblems` unless the data can be used."""
     start = time.perf_counter()
-    disc = discover(options.dataset_dir, options.label_pattern, options.ending)
+    disc = discover(options.dataset_dir, options.label_pattern, options.ending, options.channels)
     declared = disc.dataset_json or {}
     keys, names = resolve_channels(disc.channel_keys, options.channels, options.image_type,
                                    declared.get("channel_names") or declared.get("modality"))
