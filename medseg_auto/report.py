@@ -29,7 +29,7 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
         f"Cases      {len(checked.cases)} usable" + (f", {len(checked.skipped)} skipped" if checked.skipped else ""),
         f"Channels   {len(conversion.channel_names)}: " + ", ".join(
             f"{i}={n}" + (f" (files '{k}')" if k and k != n else "")
-            for i, (n, k) in enumerate(zip(conversion.channel_names, checked.channel_keys + [""] * 9))),
+            for i, (n, k) in enumerate(zip(conversion.channel_names, _file_keys(checked, conversion)))),
         "Labels     " + _labels_line(checked),
         f"Images     {'2D' if checked.is_2d else '3D'}, size (x, y{', z' if not checked.is_2d else ''}) "
         f"min {_dims(shapes.min(0))}, median {_dims(np.median(shapes, 0))}, max {_dims(shapes.max(0))}"
@@ -45,6 +45,13 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
     return "\n".join(lines)
 
 
+def _file_keys(checked: CheckedDataset, conversion: Conversion) -> list[str]:
+    """The file-name key of each nnU-Net channel; none where colour images were split into R, G, B."""
+    if len(checked.channel_keys) == len(conversion.channel_names):
+        return checked.channel_keys
+    return [""] * len(conversion.channel_names)
+
+
 def _labels_line(checked: CheckedDataset) -> str:
     plan = checked.labels
     if plan.regions:
@@ -57,7 +64,7 @@ def _labels_line(checked: CheckedDataset) -> str:
             name = plan.names.get(new, f"label_{new}")
             parts.append(f"{new} {name}" + (f" (value {orig} in the files)" if orig != new else ""))
     merged = "" if plan.inverse else " (several values merged)"
-    return f"0 background, " + ", ".join(parts) + merged
+    return "0 background, " + ", ".join(parts) + merged
 
 
 def _dims(values, fmt: str = "{:.0f}") -> str:

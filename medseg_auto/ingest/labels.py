@@ -125,35 +125,34 @@ def plan_labels(values: dict[str, set[int]], request: LabelRequest, declared: di
         plan = LabelPlan({0: 0, **{v: 1 for v in (request.values or foreground)}}, {1: name})
     elif request.values:
         order = sorted(zip(request.values, request.names))
-        plan = LabelPlan({0: 0, **{v: i + 1 for i, (v, _) in enumerate(order)}},
-                         {i + 1: n for i, (_, n) in enumerate(order)})
+        plan = _consecutive([v for v, _ in order], [n for _, n in order])
     else:
         plan = _plan_by_order(foreground, request.names, values)
     _check_values(plan, values, files or {})
     return plan
 
 
+def _consecutive(values: list[int], names: list[str]) -> LabelPlan:
+    """``values`` (increasing) mapped to 1..N, the i-th named ``names[i]`` (unnamed where names run out)."""
+    return LabelPlan({0: 0, **{v: i + 1 for i, v in enumerate(values)}}, dict(enumerate(names, start=1)))
+
+
 def _plan_by_order(foreground: list[int], names: list[str] | None, values: dict[str, set[int]]) -> LabelPlan:
     """Names (or label_1..N) given to the foreground values in increasing order."""
-    plan = LabelPlan({0: 0, **{v: i + 1 for i, v in enumerate(foreground)}},
-                     {i + 1: (names[i] if names else f"label_{i + 1}") for i in range(len(foreground))}
-                     if names is None or len(names) == len(foreground) else {})
     if names is None or len(names) == len(foreground):
-        return plan
+        return _consecutive(foreground, names or [f"label_{i + 1}" for i in range(len(foreground))])
     cases_with = {v: sorted(c for c, vs in values.items() if v in vs) for v in foreground}
     rare = [v for v in foreground if len(cases_with[v]) <= max(1, len(values) // 10)]
     if len(foreground) - len(rare) == len(names) and rare:
         # The named labels fit the common values; the cases holding the rare ones are the odd ones out.
-        common = [v for v in foreground if v not in rare]
-        plan = LabelPlan({0: 0, **{v: i + 1 for i, v in enumerate(common)}},
-                         {i + 1: n for i, n in enumerate(names)})
-        return plan
+        return _consecutive([v for v in foreground if v not in rare], names)
     listing = "; ".join(f"{v} in {len(cases_with[v])} case(s)" for v in foreground)
     if len(names) == 1:
         fix = (f"name each value: -l {','.join(names[0] + '_' + str(v) for v in foreground)} (in value order), "
                f"or merge all foreground into '{names[0]}' with --merge-labels")
     else:
         fix = f"give {len(foreground)} names with -l (one per value, in value order), or name values as -l a=1,b=2"
+    plan = _consecutive(foreground, [])
     plan.problems.append(Problem(DATASET, "", f"-l names {len(names)} label(s) ({', '.join(names)}) but the "
                                  f"labels hold {len(foreground)} foreground values: {listing}", fix))
     return plan

@@ -243,9 +243,7 @@ def _match_by_name(disc: Discovery, image_files: list[Path], label_files: list[P
         if case is None:  # the label may carry an unknown suffix: "case" <-> "case_lesion"
             case = next((c for c in by_length if c.startswith(s) and c[len(s)] in "_-. "), s)
         if s in images.setdefault(case, {}):
-            disc.problems.append(Problem(case, f"{images[case][s].name}, {f.name}", "duplicate case or channel: "
-                                         "the same name in several files", "remove the copies, or pick one file "
-                                         "type with -e (e.g. -e .nii.gz)"))
+            disc.problems.append(_duplicate(case, [images[case][s], f]))
         images[case][s] = f
     for case, files in images.items():
         keys = channel_keys(list(files), case)
@@ -295,12 +293,15 @@ def _check_duplicates(disc: Discovery) -> None:
         by_key = Counter(canonical_name(k).lower() for k in case.channels)
         dup = [s for s, n in by_stem.items() if n > 1] + [k for k, n in by_key.items() if n > 1]
         if dup:
-            disc.problems.append(Problem(case.name, ", ".join(sorted(f.name for f in case.channels.values())),
-                                         "duplicate case or channel: the same name in several files",
-                                         "remove the copies, or pick one file type with -e (e.g. -e .nii.gz)"))
+            disc.problems.append(_duplicate(case.name, sorted(case.channels.values())))
     counts = Counter(c.name for c in disc.cases)
     for name in sorted(n for n, k in counts.items() if k > 1):
         disc.problems.append(Problem(name, "", "duplicate case name", "rename one of the cases"))
+
+
+def _duplicate(case: str, files: list[Path]) -> Problem:
+    return Problem(case, ", ".join(f.name for f in files), "duplicate case or channel: the same name in several "
+                   "files", "remove the copies, or pick one file type with -e (e.g. -e .nii.gz)")
 
 
 def _check_channel_sets(disc: Discovery) -> None:
