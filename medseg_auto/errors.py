@@ -11,3 +11,9 @@ class InputError(MedsegError):
     """Bad input data or bad arguments: nothing was changed, exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(MedsegError):
+    """Ctrl+C or SIGTERM: a checkpoint was saved and the message says how to resume, exit code 130."""
+
+    exit_code = 130

@@ -1,7 +1,10 @@
-"""Readable reports for people: the dataset summary printed by ``exe_train.py`` (and ``--dry-run``)."""
+"""Readable reports for people: the dataset summary printed by ``exe_train.py`` and the model card."""
 from __future__ import annotations
 
+import datetime
+import platform
 from collections import Counter
+from importlib import metadata
 
 import numpy as np
 
@@ -33,7 +36,7 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
         "Labels     " + _labels_line(checked),
         f"Images     {'2D' if checked.is_2d else '3D'}, size (x, y{', z' if not checked.is_2d else ''}) "
         f"min {_dims(shapes.min(0))}, median {_dims(np.median(shapes, 0))}, max {_dims(shapes.max(0))}"
-        + ("" if checked.is_2d else f"; spacing median {_dims(np.median(spacings, 0), '{:.3g}')} mm"),
+        + ("" if checked.is_2d else f"; spacing median {_dims(np.median(spacings, 0)[::-1], '{:.3g}')} mm"),
     ]
     if disc.ignored:
         counts = Counter(f.name if image_ending(f) else f.suffix or f.name for f in disc.ignored)
@@ -69,3 +72,73 @@ def _labels_line(checked: CheckedDataset) -> str:
 
 def _dims(values, fmt: str = "{:.0f}") -> str:
     return "x".join(fmt.format(v) for v in values[::-1])
+
+
+def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> dict:
+    """What the model is, how it was trained and how good it is (JSON; rendered by model_card_readme)."""
+    dice_names = sorted({k for f in folds for k in f["dice"]})
+    cv = {k: round(float(np.mean([f["dice"][k] for f in folds if k in f["dice"]])), 4) for k in dice_names}
+    return {
+        "name": record["name"],
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "trainer": trainer,
+        "pretrained_from": record["identity"].get("pretrained"),
+        "configuration": plan.configuration,
+        "patch_size": plan.patch_size,
+        "planned_batch_size": plan.batch_size,
+        "channels": record["channels"]["nnunet_names"],
+        "labels": record["labels"],
+        "training_cases": len(record["cases"]),
+        "input_layout": record["layout"],
+        "budget_minutes": round(clock.budget / 60, 2),
+        "time_used_seconds": round(clock.elapsed(), 1),
+        "phases_seconds": record.get("phases", {}),
+        "folds": {str(f["fold"]): {k: f[k] for k in ("seconds", "epochs", "iterations", "batch_size",
+                                                        "validation", "dice")} for f in folds},
+        "cross_validation_dice": cv,
+        "versions": {"medseg_auto": _version("medseg_auto"), "nnunetv2": _version("nnunetv2"),
+                     "torch": _version("torch"), "python": platform.python_version()},
+    }
+
+
+def model_card_readme(card: dict) -> str:
+    """The model card for people: a short Markdown page beside the weights."""
+    names = card["labels"]["names"]
+    regions = card["labels"].get("regions")
+    label_text = (", ".join(f"{r['name']} (labels {r['labels']})" for r in regions) if regions else
+                  ", ".join(f"{k} = {v}" for k, v in names.items()))
+    rows = ["| fold | time | epochs | iterations x batch | validation | Dice |", "|---|---|---|---|---|---|"]
+    for fold, f in card["folds"].items():
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in f["dice"].items()) or "not measured"
+        rows.append(f"| {fold} | {f['seconds'] / 60:.1f} min | {f['epochs']} | {f['iterations']} x "
+                    f"{f['batch_size']} | {f['validation']} | {dice} |")
+    cv = ", ".join(f"{k} {v:.3f}" for k, v in card["cross_validation_dice"].items()) or "not measured"
+    return "\n".join([
+        f"# {card['name']}: segmentation model (nnU-Net {card['versions']['nnunetv2']}, medseg_auto "
+        f"{card['versions']['medseg_auto']})",
+        "",
+        f"- Created {card['created']} from {card['training_cases']} cases ({card['input_layout']} layout).",
+        f"- Channels: {', '.join(card['channels'])}. Labels: {label_text}.",
+        f"- nnU-Net configuration {card['configuration']}, patch {'x'.join(map(str, card['patch_size'][::-1]))} "
+        f"voxels (x, y, z), "
+        f"trainer {card['trainer']}.",
+        f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min.",
+        f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
+        "",
+        *rows,
+        "",
+        "Learning curves: `fold_*/progress.png`. Predict with:",
+        "",
+        "    python3 exe_predict.py -m output_models/" + card["name"] + " -i SCANS -o OUT",
+        "",
+        "Plain nnU-Net can load this folder too (`nnUNetv2_predict_from_modelfolder -m THIS_FOLDER ...`) "
+        "when the trainer is nnU-Net-compatible (see medseg_auto.json).",
+        "",
+    ])
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -5,6 +5,8 @@ environment variables, which :meth:`Workspace.activate` sets for this process on
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -88,6 +90,42 @@ class Workspace:
 
     def write_record(self, record: dict) -> None:
         write_json_atomic(self.run_record, record)
+
+    def read_record(self) -> dict | None:
+        return json.loads(self.run_record.read_text()) if self.run_record.is_file() else None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """One run per dataset at a time. The OS releases the lock when the process dies (even kill -9)."""
+        path = self.root / ".lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise InputError(f"Another medseg_auto run (pid {holder}) is working on '{self.name}' in "
+                                 f"{self.root}: wait for it to finish or stop it first.") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def clear_training(self, keep_preprocessed: bool) -> None:
+        """Forget an earlier run's models (and its preprocessing unless the data is unchanged)."""
+        folders = [self.results] + ([] if keep_preprocessed else [self.preprocessed])
+        for folder in folders:
+            if folder.exists():
+                shutil.rmtree(folder)
+
+    def remove(self) -> None:
+        """Delete the work folder (only ever one made by medseg_auto: it carries the marker file)."""
+        if (self.root / MARKER).is_file():
+            shutil.rmtree(self.root)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

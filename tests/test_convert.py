@@ -33,7 +33,7 @@ def test_nnunet_raw_layout_keeps_its_dataset_json(project, train_cli, tmp_path):
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
         "numTraining": 6, "file_ending": ".nii.gz"}))
-    code, out, err = train_cli("--dry-run", "-f", "0")
+    code, out, err = train_cli("--check", "-f", "0")
     assert code == 0, err
     assert "nnU-Net raw" in out and "1 Anterior, 2 Posterior" in out
     ds = _dataset_json(project, "Dataset004_Hippocampus")
@@ -48,7 +48,7 @@ def test_flat_layout_with_seg_suffix_and_ct(project, train_cli, tmp_path):
     for f in (src / "images").iterdir():
         shutil.copy2(f, flat / f.name)
         shutil.copy2(src / "labels" / f.name, flat / f.name.replace(".nii.gz", "_seg.nii.gz"))
-    code, out, err = train_cli("-d", "flat", "-i", "CT", "-f", "0", "--dry-run")
+    code, out, err = train_cli("-d", "flat", "-i", "CT", "-f", "0", "--check")
     assert code == 0, err
     assert "side by side" in out and "5 usable" in out
     assert _dataset_json(project, "flat")["channel_names"] == {"0": "CT"}  # selects nnU-Net's CT scheme
@@ -65,7 +65,7 @@ def test_mhd_and_mixed_endings_are_converted(project, train_cli, tmp_path):
         for sub in ("images", "labels"):
             sitk.WriteImage(sitk.ReadImage(str(src / sub / f.name)), str(ds / sub / f.name.replace(".nii.gz", ending)))
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli("-d", "mixed", "-f", "0", "--dry-run")
+    code, out, err = train_cli("-d", "mixed", "-f", "0", "--check")
     assert code == 0, err
     dj = _dataset_json(project, "mixed")
     assert dj["file_ending"] == ".nii.gz"
@@ -89,7 +89,7 @@ def test_jpeg_rgb_images_and_gif_masks(project, train_cli, tmp_path):
         rgb = np.stack([grey, 255 - grey, rng.integers(0, 255, grey.shape, dtype=np.uint8)], -1)
         Image.fromarray(rgb).save(ds / "img" / (f.stem + ".jpg"), quality=95)
         Image.open(src / "labels" / f.name).convert("L").save(ds / "masks" / (f.stem + "_mask.gif"))
-    code, out, err = train_cli("-d", "colour", "-l", "membrane", "-f", "0", "--dry-run")
+    code, out, err = train_cli("-d", "colour", "-l", "membrane", "-f", "0", "--check")
     assert code == 0, err
     dj = _dataset_json(project, "colour")
     assert dj["file_ending"] == ".png"

@@ -32,7 +32,7 @@ def _with_array(image: sitk.Image, fn) -> sitk.Image:
 def _fails(train_cli, project, *args) -> str:
     """Run the CLI on a broken dataset: exit code 2, input untouched; returns what it printed."""
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli(*args, "--dry-run")
+    code, out, err = train_cli(*args, "--check")
     assert code == 2, out + err
     assert tree_digest(project / "input_train") == before
     assert "Nothing was changed" in err or "nothing" in err.lower()
@@ -70,7 +70,7 @@ def test_skip_invalid_goes_on_without_the_listed_cases(project, hippo, train_cli
     img = sorted((hippo / "images").iterdir())
     _edit(img[0], lambda im: (im.SetSpacing((1.0, 1.0, 3.0)), im)[1])
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli("-d", "hippo", "--skip-invalid", "--dry-run")
+    code, out, err = train_cli("-d", "hippo", "--skip-invalid", "--check")
     assert code == 0, err
     assert "9 usable, 1 skipped" in out and "spacing" in err
     rec = read_record(project, "hippo")
@@ -91,7 +91,7 @@ def test_unreadable_and_empty_files(project, hippo, train_cli):
 def test_empty_label_is_a_warning(project, hippo, train_cli):
     lab = sorted((hippo / "labels").iterdir())
     _edit(lab[0], lambda im: _with_array(im, lambda a: np.zeros_like(a)))
-    code, out, err = train_cli("-d", "hippo", "--dry-run")
+    code, out, err = train_cli("-d", "hippo", "--check")
     assert code == 0, err
     _row(err, lab[0].name.replace(".nii.gz", ""), "empty (background only)")
 
@@ -109,7 +109,7 @@ def test_duplicate_case_names(project, hippo, train_cli):
     sitk.WriteImage(sitk.ReadImage(str(img[0])), str(img[0]).replace(".nii.gz", ".nrrd"))
     err = _fails(train_cli, project, "-d", "hippo")
     _row(err, img[0].name.replace(".nii.gz", ""), "duplicate", "-e")
-    code, out, _ = train_cli("-d", "hippo", "-e", ".nii.gz", "--dry-run")  # -e resolves it
+    code, out, _ = train_cli("-d", "hippo", "-e", ".nii.gz", "--check")  # -e resolves it
     assert code == 0 and "10 usable" in out
 
 
@@ -126,7 +126,7 @@ def test_too_few_cases_for_folds(project, train_cli):
     copy_hippocampus(project / "input_train" / "tiny", n=3)
     err = _fails(train_cli, project, "-d", "tiny", "-f", "0")
     assert "3 usable case(s): cross-validation folds need at least 5" in err and "-f full" in err
-    code, out, err = train_cli("-d", "tiny", "-f", "full", "--dry-run")
+    code, out, err = train_cli("-d", "tiny", "-f", "full", "--check")
     assert code == 0, err
 
 
@@ -134,7 +134,7 @@ def test_single_label_name_for_several_values(project, hippo, train_cli):
     err = _fails(train_cli, project, "-d", "hippo", "-l", "hippocampus")
     assert "2 foreground values: 1 in 10 case(s); 2 in 10 case(s)" in err
     assert "--merge-labels" in err and "-l hippocampus_1,hippocampus_2" in err
-    code, out, err = train_cli("-d", "hippo", "-l", "hippocampus", "--merge-labels", "--dry-run")
+    code, out, err = train_cli("-d", "hippo", "-l", "hippocampus", "--merge-labels", "--check")
     assert code == 0, err
     assert read_record(project, "hippo")["labels"]["original_to_nnunet"] == {"0": 0, "1": 1, "2": 1}
 
@@ -162,42 +162,42 @@ def test_ambiguous_label_file_names_the_flag(project, train_cli):
     err = _fails(train_cli, project, "-d", "brats")
     _row(err, "brats_2013_pat0001_1", "several files could be the label", "OTMultiClass.nii.gz",
          "seg_rater2.nii.gz", "--label-pattern")
-    code, out, err = train_cli("-d", "brats", "--label-pattern", "OTMulti*", "--dry-run")
+    code, out, err = train_cli("-d", "brats", "--label-pattern", "OTMulti*", "--check")
     assert code == 0, err
     assert read_record(project, "brats")["cases"]["brats_2013_pat0001_1"]["label"].endswith("OTMultiClass.nii.gz")
 
 
 def test_channel_names_that_do_not_match(project, train_cli):
     copy_brats(project / "input_train" / "brats")
-    code, out, err = train_cli("-d", "brats", "-i", "T1,T2", "--dry-run")
+    code, out, err = train_cli("-d", "brats", "-i", "T1,T2", "--check")
     assert code == 2 and "FLAIR, T1c" in err and "--channels" in err
-    code, out, err = train_cli("-d", "brats", "--channels", "T2", "--dry-run")
+    code, out, err = train_cli("-d", "brats", "--channels", "T2", "--check")
     assert code == 2 and "no channel 'T2'" in err
 
 
 def test_dataset_selection(project, train_cli):
     copy_hippocampus(project / "input_train" / "a", n=5)
     copy_hippocampus(project / "input_train" / "b", n=5)
-    code, out, err = train_cli("--dry-run")
+    code, out, err = train_cli("--check")
     assert code == 2 and "several datasets (a, b)" in err
-    code, out, err = train_cli("-d", "c", "--dry-run")
+    code, out, err = train_cli("-d", "c", "--check")
     assert code == 2 and "No dataset 'c'" in err
-    code, out, err = train_cli("-d", "b", "-f", "full", "--dry-run")
+    code, out, err = train_cli("-d", "b", "-f", "full", "--check")
     assert code == 0 and "5 usable" in out
 
 
 def test_input_train_itself_holds_the_dataset(project, train_cli):
     copy_hippocampus(project / "input_train", n=5)
-    code, out, err = train_cli("-d", "Hippo", "-f", "full", "--dry-run")
+    code, out, err = train_cli("-d", "Hippo", "-f", "full", "--check")
     assert code == 0, err
     assert (project / "work" / "Hippo" / "run.json").is_file()
 
 
 def test_bad_arguments_exit_2(project, hippo, train_cli):
-    assert train_cli("-d", "hippo", "-f", "7", "--dry-run")[0] == 2
-    assert train_cli("-d", "hippo", "-t", "0", "--dry-run")[0] == 2
-    assert train_cli("-d", "hippo", "--regions", "WT=", "--dry-run")[0] == 2
-    assert train_cli("-d", "hippo", "-l", "a,a", "--dry-run")[0] == 2
+    assert train_cli("-d", "hippo", "-f", "7", "--check")[0] == 2
+    assert train_cli("-d", "hippo", "-t", "0", "--check")[0] == 2
+    assert train_cli("-d", "hippo", "--regions", "WT=", "--check")[0] == 2
+    assert train_cli("-d", "hippo", "-l", "a,a", "--check")[0] == 2
 
 
 def test_label_without_image_and_extra_channel(project, hippo, train_cli, tmp_path):
@@ -209,5 +209,5 @@ def test_label_without_image_and_extra_channel(project, hippo, train_cli, tmp_pa
     shutil.copy2(case / "T1c_subtrMeanDivStd.nii.gz", case / "T2_subtrMeanDivStd.nii.gz")
     err = _fails(train_cli, project, "-d", "brats")
     _row(err, "brats_2013_pat0004_1", "has 3 channel(s)", "extra: T2")
-    code, out, err = train_cli("-d", "brats", "--channels", "FLAIR,T1c", "--dry-run")  # choosing resolves it
+    code, out, err = train_cli("-d", "brats", "--channels", "FLAIR,T1c", "--check")  # choosing resolves it
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""--dry-run on the three real datasets, dropped into input_train/ as they are."""
+"""--check on the three real datasets, dropped into input_train/ as they are, and one --dry-run."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from conftest import REPO, copy_membrane, read_record, real_data, tree_digest, v
 def test_hippocampus_all_cases(project, train_cli):
     shutil.copytree(real_data("hippocampus"), project / "input_train" / "hippocampus")
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli("-d", "hippocampus", "-l", "anterior,posterior", "--dry-run")
+    code, out, err = train_cli("-d", "hippocampus", "-l", "anterior,posterior", "--check")
     assert code == 0, err
     assert "200 usable" in out and "paired folders" in out
     assert "Channels   1: 0=MRI" in out
@@ -41,7 +41,7 @@ def test_hippocampus_all_cases(project, train_cli):
 def test_brats_per_case_folders(project, train_cli):
     shutil.copytree(real_data("brats2015_subset"), project / "input_train" / "brats")
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli("--dry-run")  # the only dataset: -d is optional
+    code, out, err = train_cli("--check")  # the only dataset: -d is optional
     assert code == 0, err
     assert "one folder per case" in out and "6 usable" in out
     assert "Channels   2: 0=FLAIR" in out and "1=T1c" in out
@@ -63,7 +63,7 @@ def test_brats_per_case_folders(project, train_cli):
 
 def test_brats_regions_and_channel_order(project, train_cli):
     shutil.copytree(real_data("brats2015_subset"), project / "input_train" / "brats")
-    code, out, err = train_cli("-d", "brats", "--dry-run", "--channels", "T1c,FLAIR", "-f", "full",
+    code, out, err = train_cli("-d", "brats", "--check", "--channels", "T1c,FLAIR", "-f", "full",
                                "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4")
     assert code == 0, err
     rec = read_record(project, "brats")
@@ -78,11 +78,10 @@ def test_brats_regions_and_channel_order(project, train_cli):
 def test_membrane_2d_masks_0_255(project, train_cli):
     shutil.copytree(real_data("membrane_2d"), project / "input_train" / "membrane")
     before = tree_digest(project / "input_train")
-    code, out, err = train_cli("-d", "membrane", "-l", "membrane", "--dry-run")
+    code, out, err = train_cli("-d", "membrane", "-l", "membrane", "--check")
     assert code == 0, err
     assert "30 usable" in out and "2D" in out
     assert "1 membrane (value 255 in the files)" in out
-    assert "configuration 2d" in out
     rec = read_record(project, "membrane")
     assert rec["labels"]["nnunet_to_original"] == {"0": 0, "1": 255}
     ds = json.loads((Path(rec["raw_dataset"]) / "dataset.json").read_text())
@@ -104,6 +103,7 @@ def test_exe_train_shim_runs_as_a_script(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "5 usable" in done.stdout
+    assert "configuration 2d" in done.stdout and "Dry run: nothing trained" in done.stdout  # planned, not trained
     bad = subprocess.run(cmd[:2] + ["-d", "nothing", "--input-dir", str(tmp_path / "in")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "No dataset 'nothing'" in bad.stderr and "membrane" in bad.stderr

@@ -5,20 +5,19 @@ Exit codes: 0 success, 2 bad input or arguments (nothing changed), 1 internal fa
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from medseg_auto import __version__
 from medseg_auto.errors import InputError, MedsegError
-from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
+from medseg_auto.ingest import IngestOptions
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
-from medseg_auto.ingest.problems import format_table
-from medseg_auto.report import dataset_summary
-from medseg_auto.workspace import Workspace
-
-CONFIGURATIONS = ("auto", "2d", "3d_fullres", "3d_lowres")
-
+from medseg_auto.plan import CONFIGURATIONS
+from medseg_auto.run import RunOptions, train
+from medseg_auto.trainers import TRAINER_NAMES
+from medseg_auto.trainers.schedule import SHAPES
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -47,8 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge-labels", action="store_true", help="merge all foreground values into the one label "
                    "named with -l")
     p.add_argument("--skip-invalid", action="store_true", help="leave out the cases with errors and go on")
-    p.add_argument("--dry-run", action="store_true", help="ingest, check and convert, print what training would "
-                   "do; train nothing")
+    p.add_argument("--dry-run", action="store_true", help="ingest, check, convert and plan, print the plan and "
+                   "the budget split; train nothing")
+    p.add_argument("--check", action="store_true", help="only find, check and convert the data (seconds): is it "
+                   "ready for training?")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default "
+                   "auto: CUDA if available)")
+    p.add_argument("--trainer", default="default", choices=TRAINER_NAMES, help="trainer (default: nnU-Net's, "
+                   "trained for the time budget)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run of this dataset (rerunning "
+                   "the same command does this too); an error if there is none")
+    p.add_argument("--restart", action="store_true", help="discard an unfinished run of this dataset and start over")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in output_models/NAME "
+                   "(only once the new one is exported and verified)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work folder (nnU-Net's raw, preprocessed "
+                   "and results folders) after the export")
+    p.add_argument("--consume-input", action="store_true", help="delete input_train/NAME after a verified export")
+    p.add_argument("--pretrained", type=Path, metavar="BUNDLE", help="fine-tune from an earlier model "
+                   "(output_models/OLD) trained on the same channels; its network and preprocessing are kept")
+    p.add_argument("--lr-shape", default="constant_decay", choices=SHAPES, help="learning rate over the fold's "
+                   "time: constant then linear decay (default), poly, cosine")
+    p.add_argument("--decay-fraction", type=float, default=0.3, help="constant_decay: share of the time spent "
+                   "decaying to zero (default 0.3)")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")
@@ -77,7 +96,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = root or Path.cwd()
     try:
-        return _run(args, root)
+        return _run(args, root, list(sys.argv[1:] if argv is None else argv))
     except MedsegError as e:
         print(f"\n{e}", file=sys.stderr)
         return e.exit_code
@@ -86,69 +105,46 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, root: Path) -> int:
+def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     input_root = args.input_dir or root / "input_train"
     folds = parse_folds(args.folds)
     if args.minutes <= 0:
         raise InputError(f"-t {args.minutes:g}: the budget must be a positive number of minutes")
+    if not 0.0 < args.decay_fraction <= 1.0:
+        raise InputError(f"--decay-fraction {args.decay_fraction:g}: use a share of the time in (0, 1]")
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
     name = dataset_name(dataset_dir, input_root, args.dataset)
-    print(f"medseg_auto {__version__}: dataset '{name}' from {dataset_dir}", file=sys.stderr)
+    print(f"medseg_auto {__version__}: dataset '{name}' from {dataset_dir}, budget {args.minutes:g} min",
+          file=sys.stderr)
     options = IngestOptions(
         dataset_dir=dataset_dir, labels=request,
         image_type=[t.strip() for t in args.image_type.split(",") if t.strip()],
         channels=[c.strip() for c in args.channels.split(",")] if args.channels else None,
         label_pattern=args.label_pattern, ending=args.ending, folds=folds, skip_invalid=args.skip_invalid)
-    checked = check_dataset(options)
-    _print_problems(checked)
-    workspace = Workspace.create(args.work_dir or root / "work", name, dataset_dir)
-    conversion = convert(checked, workspace)
-    workspace.write_record(_run_record(args, checked, conversion, folds))
-    print(dataset_summary(name, checked, conversion))
-    print(_training_intent(args, folds, checked))
-    if args.dry_run:
-        return 0
-    raise MedsegError("Training is not available in this version yet: the data was checked and converted to "
-                      f"{conversion.folder}. Use --dry-run to check data without this message.")
+    resume_argv = [a for a in argv if a not in ("--restart", "--dry-run", "--check")]
+    run = RunOptions(
+        name=name, ingest=options, minutes=args.minutes, folds=folds, configuration=args.configuration,
+        trainer=args.trainer, device=args.device, work_dir=(args.work_dir or root / "work"),
+        output_dir=(args.output_dir or root / "output_models"), command=shlex.join([*_program(), *resume_argv]),
+        dry_run=args.dry_run, check_only=args.check, resume=args.resume, restart=args.restart, keep_work=args.keep_work,
+        overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
+        pretrained=args.pretrained.resolve() if args.pretrained else None,
+        settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction})
+    bundle = train(run)
+    if bundle is not None:
+        print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")
+    return 0
 
 
-def _print_problems(checked: CheckedDataset) -> None:
-    if checked.problems:
-        print(format_table(checked.problems), file=sys.stderr)
-    if checked.skipped:
-        print(f"--skip-invalid: continuing without {len(checked.skipped)} case(s): "
-              f"{', '.join(checked.skipped)}", file=sys.stderr)
+def _program() -> list[str]:
+    """How this command was started, for the resume line."""
+    return ["medseg-train"] if Path(sys.argv[0]).name == "medseg-train" else ["python3", "exe_train.py"]
 
 
-def _training_intent(args: argparse.Namespace, folds: list, checked: CheckedDataset) -> str:
-    config = args.configuration
-    if config == "auto":
-        config = "2d (the data is 2D)" if checked.is_2d else "auto (nnU-Net's choice at planning)"
-    fold_text = "one model on all cases (nnU-Net fold 'all')" if folds == ["all"] else \
-        "folds " + ", ".join(str(f) for f in folds)
-    head = "Dry run, nothing trained. Training would use" if args.dry_run else "Training"
-    return f"\n{head}: configuration {config}, {fold_text}, whole-run budget {args.minutes:g} min."
-
-
-def _run_record(args: argparse.Namespace, checked: CheckedDataset, conversion, folds: list) -> dict:
-    """The run's record in the work folder: what was asked, found and converted (read by later stages)."""
-    return {
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "input": str(checked.discovery.root),
-        "layout": checked.discovery.layout,
-        "folds": folds,
-        "cases": {c.name: {"images": [str(f) for f in c.channels.values()], "label": str(c.label)}
-                  for c in checked.cases},
-        "skipped_cases": checked.skipped,
-        "channels": {"keys": checked.channel_keys, "nnunet_names": conversion.channel_names},
-        "labels": checked.labels.record(),
-        "file_ending": conversion.file_ending,
-        "is_2d": checked.is_2d,
-        "raw_dataset": str(conversion.folder),
-        "ingest_seconds": round(checked.seconds, 3),
-    }
+def _predict_program() -> str:
+    return "medseg-predict" if _program() == ["medseg-train"] else "python3 exe_predict.py"
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def locate_dataset(input_root: Path, name: str | None) -> Path:
         return input_root / name
     if detect_layout(input_root) is not None:
         return input_root
-    found = sorted(d.name for d in input_root.iterdir() if d.is_dir() and detect_layout(d) is not None)
+    found = sorted(d.name for d in input_root.iterdir() if d.is_dir() and not d.name.startswith(".") and detect_layout(d) is not None)
     if name is None and len(found) == 1:
         return input_root / found[0]
     listing = ", ".join(found) if found else "none"

@@ -1,0 +1,110 @@
+"""Export stage: the model bundle in ``output_models/NAME/``, self-contained and loadable without env vars.
+
+Layout (an nnU-Net model folder plus our files, so plain nnU-Net's ``nnUNetv2_predict_from_modelfolder``
+loads it for standard trainers)::
+
+    dataset.json  plans.json  dataset_fingerprint.json
+    fold_K/checkpoint_final.pth  fold_K/progress.png
+    medseg_auto.json   (what prediction needs beyond nnU-Net: channels, label mapping back, trainer)
+    model_card.json  README.md
+
+The bundle is written beside its destination, verified by loading it with nnU-Net's predictor, then
+renamed into place; an existing bundle is never replaced unless ``overwrite`` is given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from medseg_auto.errors import InputError, MedsegError
+from medseg_auto.workspace import write_json_atomic
+
+MANIFEST = "medseg_auto.json"
+CHECKPOINT = "checkpoint_final.pth"
+
+
+def refuse_existing(bundle: Path, overwrite: bool) -> None:
+    """Checked before training starts, so a run never spends its budget and then cannot export."""
+    if bundle.exists() and not overwrite:
+        raise InputError(f"{bundle} already holds a model: nothing was changed. Choose another -d name, move "
+                         f"the old model away, or add --overwrite to replace it after the new one is verified.")
+
+
+def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_trainer: str, manifest: dict,
+                  card: dict, readme: str, overwrite: bool) -> Path:
+    """Write, verify and move the bundle into place; returns its path."""
+    import torch
+
+    refuse_existing(bundle, overwrite)
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.parent / f".{bundle.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        dataset_json = json.loads((results_folder / "dataset.json").read_text())
+        dataset_json.pop("dataset", None)  # absolute paths of the training files: not the bundle's business
+        write_json_atomic(tmp / "dataset.json", dataset_json)
+        for name in ("plans.json", "dataset_fingerprint.json"):
+            shutil.copy2(results_folder / name, tmp / name)
+        for fold in folds:
+            src, dst = results_folder / f"fold_{fold}", tmp / f"fold_{fold}"
+            dst.mkdir()
+            checkpoint = torch.load(src / CHECKPOINT, map_location="cpu", weights_only=False)
+            torch.save(_inference_checkpoint(checkpoint, inference_trainer), dst / CHECKPOINT)
+            if (src / "progress.png").is_file():
+                shutil.copy2(src / "progress.png", dst / "progress.png")
+        write_json_atomic(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / "model_card.json", card)
+        (tmp / "README.md").write_text(readme)
+        verify_bundle(tmp, folds)
+        _move_into_place(tmp, bundle)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    return bundle
+
+
+def _inference_checkpoint(checkpoint: dict, inference_trainer: str) -> dict:
+    """Only what inference reads: weights, configuration, mirroring axes, and the trainer class that builds
+    the network (ours differ from nnU-Net's in training only, so nnU-Net's class rebuilds them)."""
+    init_args = dict(checkpoint["init_args"])
+    init_args["dataset_json"] = {k: v for k, v in init_args["dataset_json"].items() if k != "dataset"}
+    init_args.pop("device", None)
+    return {
+        "network_weights": checkpoint["network_weights"],
+        "init_args": init_args,
+        "trainer_name": inference_trainer,
+        "inference_allowed_mirroring_axes": checkpoint.get("inference_allowed_mirroring_axes"),
+        "current_epoch": checkpoint.get("current_epoch"),
+    }
+
+
+def verify_bundle(folder: Path, folds: list) -> None:
+    """Load the bundle with nnU-Net's predictor, as a user's prediction would; raises if it cannot."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, verbose=False,
+                                allow_tqdm=False)
+    try:
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
+                                                       checkpoint_name=CHECKPOINT)
+    except Exception as e:  # a bundle that cannot load must not replace anything
+        raise MedsegError(f"The exported model in {folder} does not load in nnU-Net ({e}); nothing was "
+                          f"replaced and the work folder is kept.") from e
+
+
+def _move_into_place(tmp: Path, bundle: Path) -> None:
+    old = None
+    if bundle.exists():
+        old = bundle.parent / f".{bundle.name}.replaced-{int(time.time())}"
+        bundle.rename(old)
+    tmp.rename(bundle)
+    if old is not None:
+        shutil.rmtree(old)
+        print(f"--overwrite: replaced the earlier model in {bundle}", file=sys.stderr)

@@ -1,0 +1,108 @@
+"""Plan stage: nnU-Net's fingerprint, experiment planning and preprocessing, through its Python API.
+
+nnU-Net decides patch size, network topology, spacing and normalisation; we only pick which of its
+configurations to preprocess (one, to save the user's budget) and time each step for the run's clock.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from medseg_auto.errors import InputError
+from medseg_auto.workspace import Workspace
+
+PLANS_IDENTIFIER = "nnUNetPlans"
+CONFIGURATIONS = ("auto", "2d", "3d_fullres", "3d_lowres")
+
+
+@dataclass
+class PlanResult:
+    """What planning produced: the configuration to train, its plans and the time each step took."""
+
+    configuration: str
+    plans: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def patch_size(self) -> list[int]:
+        return self.plans["configurations"][self.configuration]["patch_size"]
+
+    @property
+    def batch_size(self) -> int:
+        return self.plans["configurations"][self.configuration]["batch_size"]
+
+
+def choose_configuration(requested: str, is_2d: bool, plans: dict) -> str:
+    """``auto``: 2d for 2D data, else 3d_fullres (nnU-Net's default); an explicit choice must exist in the plans."""
+    if requested == "auto":
+        requested = "2d" if is_2d else "3d_fullres"
+    available = list(plans["configurations"])
+    if requested not in available:
+        why = ("the images are 2D" if is_2d else
+               "the images are small enough for 3d_fullres" if requested == "3d_lowres" else "")
+        raise InputError(f"-c {requested}: nnU-Net planned no '{requested}' configuration for this dataset"
+                         + (f" ({why})" if why else "") + f". Available: {', '.join(available)}.")
+    return requested
+
+
+def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, processes: int,
+                        pretrained=None) -> PlanResult:
+    """Fingerprint, plan, then preprocess only the configuration that will be trained.
+
+    With ``pretrained`` (a ``PretrainedBundle``) the bundle's plans are transferred instead of planned.
+    Reuses finished steps of an interrupted run (the plans file and a complete preprocessed folder).
+    """
+    workspace.activate()  # nnU-Net reads its folders from the environment
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints, plan_experiments, preprocess)
+
+    seconds: dict[str, float] = {}
+    base = workspace.preprocessed / workspace.nnunet_name
+    plans_file = base / f"{PLANS_IDENTIFIER}.json"
+    if not plans_file.is_file():
+        _phase("fingerprint: reading every case for intensities, spacings and shapes")
+        t = time.monotonic()
+        with _quiet():
+            extract_fingerprints([workspace.dataset_id], num_processes=processes, verbose=False,
+                                 show_progress_bar=sys.stderr.isatty())
+        seconds["fingerprint"] = time.monotonic() - t
+        t = time.monotonic()
+        with _quiet():
+            if pretrained is None:
+                plan_experiments([workspace.dataset_id])
+            else:
+                from medseg_auto.pretrained import transfer_plans
+
+                transfer_plans(workspace, pretrained, PLANS_IDENTIFIER)
+        seconds["planning"] = time.monotonic() - t
+    plans = json.loads(plans_file.read_text())
+    configuration = choose_configuration(pretrained.configuration if pretrained else requested, is_2d, plans)
+    done_marker = base / f".preprocessed_{configuration}"
+    if not done_marker.is_file():
+        cfg = plans["configurations"][configuration]
+        _phase(f"preprocessing for {configuration}: patch {'x'.join(map(str, cfg['patch_size'][::-1]))} voxels, "
+               f"spacing {'x'.join(f'{s:.3g}' for s in cfg['spacing'][::-1])} mm (x, y, z)")
+        t = time.monotonic()
+        with _quiet():
+            preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
+                       num_processes=[processes], verbose=False, show_progress_bar=sys.stderr.isatty())
+        seconds["preprocessing"] = time.monotonic() - t
+        done_marker.touch()
+    return PlanResult(configuration, plans, seconds)
+
+
+def _phase(text: str) -> None:
+    print(f"[plan] {text}", file=sys.stderr, flush=True)
+
+
+
+@contextlib.contextmanager
+def _quiet():
+    """nnU-Net prints its banners, dataset names and the whole plan to stdout; we print our own summary.
+    Its progress bars go to stderr and stay."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield

@@ -1,0 +1,332 @@
+"""One training run, start to bundle: ingest -> plan -> train each fold -> export, on one clock.
+
+The run's state lives in ``work/NAME/run.json`` (what was asked, found, planned, trained, and the time
+used), which is what lets a rerun of the same command resume an interrupted run with the time left.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg_auto import __version__
+from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, FoldShare, RunClock, budget_advice,
+                                estimate_plan_seconds, fmt_duration, split_training)
+from medseg_auto.errors import InputError, Interrupted, MedsegError
+from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
+from medseg_auto.ingest.problems import format_table
+from medseg_auto.report import dataset_summary, model_card, model_card_readme
+from medseg_auto.workspace import Workspace
+
+RESUMABLE = ("training", "interrupted", "failed")
+
+
+@dataclass
+class RunOptions:
+    """Everything ``exe_train.py`` was asked to do (built by the CLI)."""
+
+    name: str
+    ingest: IngestOptions
+    minutes: float
+    folds: list
+    configuration: str = "auto"
+    trainer: str = "default"
+    device: str = "auto"
+    work_dir: Path = Path("work")
+    output_dir: Path = Path("output_models")
+    command: str = "python3 exe_train.py"   # printed as the resume command
+    dry_run: bool = False
+    check_only: bool = False
+    resume: bool = False
+    restart: bool = False
+    keep_work: bool = False
+    overwrite: bool = False
+    consume_input: bool = False
+    input_root: Path | None = None           # the drop-in folder (input_train/): --consume-input stays inside
+    pretrained: Path | None = None           # a bundle to fine-tune from
+    settings: dict = field(default_factory=dict)  # trainer settings (FoldBudget fields) from the CLI
+
+    def identity(self) -> dict:
+        """What must match for a rerun to continue an interrupted run (the budget may change)."""
+        return {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
+                "trainer": self.trainer, "settings": self.settings,
+                "pretrained": str(self.pretrained) if self.pretrained else None}
+
+
+def train(opts: RunOptions) -> Path | None:
+    """Run the whole pipeline; returns the exported bundle (None for a dry run)."""
+    from medseg_auto.export import refuse_existing
+
+    clock = RunClock(opts.minutes * 60.0)
+    bundle = opts.output_dir / opts.name
+    if not (opts.dry_run or opts.check_only):
+        refuse_existing(bundle, opts.overwrite)
+    checked = check_dataset(opts.ingest)
+    if checked.problems:
+        print(format_table(checked.problems), file=sys.stderr)
+    if checked.skipped:
+        print(f"--skip-invalid: continuing without {len(checked.skipped)} case(s): "
+              f"{', '.join(checked.skipped)}", file=sys.stderr)
+    workspace = Workspace.create(opts.work_dir, opts.name, opts.ingest.dataset_dir)
+    from medseg_auto.train import StopRequest
+
+    stop = StopRequest()
+    with workspace.lock(), stop.installed():
+        return _Run(opts, workspace, checked, clock, bundle, stop).execute()
+
+
+class _Run:
+    def __init__(self, opts: RunOptions, workspace: Workspace, checked: CheckedDataset, clock: RunClock,
+                 bundle: Path, stop):
+        self.opts, self.workspace, self.checked, self.clock, self.bundle = opts, workspace, checked, clock, bundle
+        self.stop = stop
+        self.pretrained = None  # a PretrainedBundle once checked
+        self.record: dict = {}
+
+    # -- the phases --------------------------------------------------------------------------------------
+    def execute(self) -> Path | None:
+        previous = self.workspace.read_record()
+        resuming = self._resume_or_start(previous)
+        conversion = convert(self.checked, self.workspace)
+        self.record.update(_ingest_record(self.checked, conversion))
+        self.record.update(name=self.opts.name, identity=self.opts.identity(), version=__version__, state="planning")
+        self.record.setdefault("phases", {})["ingest"] = round(self.checked.seconds, 2)
+        self.save()
+        print(dataset_summary(self.opts.name, self.checked, conversion))
+        if self.opts.check_only:
+            self.record["state"] = "checked"
+            self.save()
+            print("\n--check: the data is ready for training; nothing planned or trained.")
+            return None
+        if not resuming:
+            self._warn_up_front()
+        try:
+            return self._plan_train_export()
+        except (KeyboardInterrupt, Interrupted) as e:
+            self._interrupted(e)
+        except MedsegError:
+            self.record["state"] = "failed"
+            self.save()
+            raise
+        except Exception as e:
+            self.record["state"] = "failed"
+            self.save()
+            raise MedsegError(f"Training failed: {type(e).__name__}: {e}\nThe work folder {self.workspace.root} "
+                              f"is kept; rerun the same command to resume.") from e
+
+    def _plan_train_export(self) -> Path | None:
+        from medseg_auto.plan import plan_and_preprocess
+        from medseg_auto.train import configure_nnunet_processes, select_device
+
+        device = select_device(self.opts.device)
+        configure_nnunet_processes(device.type)
+        if self.opts.pretrained is not None:
+            from medseg_auto.pretrained import open_pretrained
+
+            self.pretrained = open_pretrained(self.opts.pretrained, self.record["channels"]["nnunet_names"],
+                                              self.opts.configuration)
+        plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
+                                   processes=_processes(), pretrained=self.pretrained)
+        self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
+                               "planned_batch_size": plan.batch_size, "seconds": plan.seconds}
+        self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
+        shares = self._split(plan.configuration)
+        self._print_budget(plan, shares)
+        if self.opts.dry_run:
+            self.record["state"] = "planned"
+            self.save()
+            print("\nDry run: nothing trained.")
+            return None
+        self.record["state"] = "training"
+        self.save()
+        results = self._train_folds(plan, shares, device)
+        return self._export(plan, results)
+
+    def _train_folds(self, plan, shares: dict, device) -> list:
+        from medseg_auto.train import epoch_line, train_fold
+        from medseg_auto.trainers import trainer_class as get_trainer
+        from medseg_auto.trainers.time_budget import FoldBudget, TrainingInterrupted
+
+        trainer_class = get_trainer(self.opts.trainer)
+        folds = self.record.setdefault("folds", {})
+        results = []
+        for fold in self.opts.folds:
+            entry = folds.setdefault(str(fold), {})
+            if entry.get("state") == "done":
+                results.append(entry["result"])
+                continue
+            entry.update(state="training", planned=shares[fold])
+            budget = FoldBudget(seconds=shares[fold], spent=self._fold_spent(plan.configuration, fold),
+                                **self.opts.settings)
+            print(f"\n[train] fold {fold}: {fmt_duration(budget.seconds)} for training and validation "
+                  f"(run: {fmt_duration(self.clock.elapsed())} used of {fmt_duration(self.clock.budget)})",
+                  file=sys.stderr)
+
+            def on_epoch(trainer):
+                entry["spent"] = round(trainer.elapsed(), 1)
+                print(epoch_line(trainer), file=sys.stderr, flush=True)
+                self.save()
+
+            try:
+                result = train_fold(self.workspace, plan, fold, budget, trainer_class, device, self.stop,
+                                    on_epoch, self.pretrained.checkpoint if self.pretrained else None)
+            except TrainingInterrupted as e:
+                raise Interrupted(str(e)) from None
+            entry.update(state="done", result=result.record())
+            self.record["phases"][f"fold_{fold}"] = result.seconds
+            dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"
+            print(f"[train] fold {fold} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
+                  f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
+                  f"Dice {dice}", file=sys.stderr)
+            self.save()
+            results.append(result.record())
+            shares = self._split(plan.configuration)  # a fold that ended early leaves its time to the next ones
+        return results
+
+    def _export(self, plan, results: list) -> Path:
+        from medseg_auto.export import export_bundle
+        from medseg_auto.trainers import trainer_class as get_trainer
+
+        trainer_class = get_trainer(self.opts.trainer)
+        self.record["state"] = "exporting"
+        card = model_card(self.record, plan, results, trainer_class.__name__, self.clock)
+        manifest = {"medseg_auto_version": __version__, "name": self.opts.name,
+                    "trainer": trainer_class.__name__, "inference_trainer": trainer_class.inference_trainer_name,
+                    "configuration": plan.configuration, "folds": [str(f) for f in self.opts.folds],
+                    "channels": self.record["channels"], "labels": self.record["labels"],
+                    "file_ending": self.record["file_ending"], "is_2d": self.record["is_2d"]}
+        results_folder = Path(results[0]["folder"]).parent
+        print(f"\n[export] writing and verifying {self.bundle}", file=sys.stderr)
+        export_bundle(self.bundle, results_folder, self.opts.folds, trainer_class.inference_trainer_name,
+                      manifest, card, model_card_readme(card), self.opts.overwrite)
+        self.record["state"] = "exported"
+        self.record["bundle"] = str(self.bundle)
+        self.save()
+        print(f"\nModel exported to {self.bundle} ({fmt_duration(self.clock.elapsed())} of "
+              f"{fmt_duration(self.clock.budget)} used).")
+        self._clean_up()
+        return self.bundle
+
+    def _clean_up(self) -> None:
+        if self.opts.keep_work:
+            print(f"--keep-work: the work folder {self.workspace.root} is kept.")
+        else:
+            self.workspace.remove()
+        if self.opts.consume_input:
+            dataset_dir = self.opts.ingest.dataset_dir.resolve()
+            root = (self.opts.input_root or dataset_dir.parent).resolve()
+            if dataset_dir == root or root not in dataset_dir.parents:
+                print(f"--consume-input: {dataset_dir} is not a dataset folder inside {root}; left in place.")
+            else:
+                shutil.rmtree(dataset_dir)
+                print(f"--consume-input: removed {dataset_dir} (the model was exported and verified).")
+
+    # -- resume, budget, records --------------------------------------------------------------------------
+    def _resume_or_start(self, previous: dict | None) -> bool:
+        same_data = bool(previous) and all(previous.get(k) == v for k, v in _data_identity(self.checked).items())
+        resumable = bool(previous) and previous.get("state") in RESUMABLE and not self.opts.restart
+        if resumable and previous.get("identity") != self.opts.identity():
+            raise InputError(
+                f"{self.workspace.root} holds an unfinished run of '{self.opts.name}' started with other options "
+                f"({_describe(previous.get('identity'))}; now {_describe(self.opts.identity())}). Rerun it with "
+                f"the same options to continue it, or add --restart to discard it.")
+        if resumable and not same_data:
+            raise InputError(f"The input of '{self.opts.name}' changed since the unfinished run in "
+                             f"{self.workspace.root} started: add --restart to train from scratch on the new data.")
+        if self.opts.resume and not resumable:
+            raise InputError(f"--resume: there is no unfinished run of '{self.opts.name}' in {self.workspace.root}.")
+        if resumable:
+            self.record = previous
+            self.clock.spent_before = previous["clock"]["spent"]
+            print(f"Resuming the unfinished run: {fmt_duration(self.clock.spent_before)} of the budget used, "
+                  f"{fmt_duration(self.clock.remaining())} left.", file=sys.stderr)
+            return True
+        self.workspace.clear_training(keep_preprocessed=same_data and previous.get("identity", {}).get(
+            "configuration") == self.opts.configuration)
+        self.record = {"arguments": self.opts.command}
+        return False
+
+    def _split(self, configuration: str) -> dict:
+        """Shares of the time left for the folds still to train (a resumed fold counts its checkpointed time)."""
+        folds = self.record.get("folds", {})
+        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(configuration, f))
+                for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
+        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS, todo)
+
+    def _fold_spent(self, configuration: str, fold) -> float:
+        """The fold's time saved with its last checkpoint (what a kill -9 cannot take back)."""
+        from medseg_auto.train import fold_folder
+        from medseg_auto.trainers import trainer_class
+        from medseg_auto.trainers.time_budget import read_fold_clock
+
+        folder = fold_folder(self.workspace, trainer_class(self.opts.trainer), configuration, fold)
+        clock = read_fold_clock(str(folder))
+        return clock["spent"] if clock else 0.0
+
+    def _warn_up_front(self) -> None:
+        voxels = sum(int(np.prod(self.checked.infos[c.label].shape)) for c in self.checked.cases)
+        rest = self.clock.remaining() - estimate_plan_seconds(voxels, len(self.checked.cases)) - EXPORT_RESERVE_SECONDS
+        per_fold = rest / len(self.opts.folds)
+        if per_fold < MIN_FOLD_SECONDS and not self.opts.dry_run:
+            need = (self.clock.budget - rest + MIN_FOLD_SECONDS * len(self.opts.folds)) / 60
+            raise InputError(f"-t {self.opts.minutes:g}: after checking and preprocessing, about "
+                             f"{fmt_duration(max(rest, 0))} would be left for {len(self.opts.folds)} fold(s), "
+                             f"too little to train anything. Use at least -t {np.ceil(need):.0f} or fewer folds "
+                             f"(-f 0).")
+        advice = budget_advice(self.clock.budget, self.opts.folds, per_fold)
+        if advice:
+            print(f"\nWarning: {advice}", file=sys.stderr)
+
+    def _print_budget(self, plan, shares: dict) -> None:
+        phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in self.record["phases"].items())
+        print(f"\nBudget {fmt_duration(self.clock.budget)}: used {fmt_duration(self.clock.elapsed())} ({phases}); "
+              f"configuration {plan.configuration}, patch {'x'.join(map(str, plan.patch_size[::-1]))}; per fold: "
+              + ", ".join(f"{f}: {fmt_duration(s)}" for f, s in shares.items())
+              + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}.")
+        if shares and min(shares.values()) < MIN_FOLD_SECONDS and not self.opts.dry_run:
+            raise MedsegError(f"Only {fmt_duration(min(shares.values()))} are left per fold after preprocessing: "
+                              f"too little to train. Rerun with a larger -t (the preprocessing is kept).")
+
+    def _interrupted(self, error: BaseException) -> None:
+        self.record["state"] = "interrupted"
+        self.save()
+        raise Interrupted(f"Interrupted ({error or 'signal'}). The last checkpoint is saved; "
+                          f"{fmt_duration(self.clock.remaining())} of the budget is left. Resume with:\n"
+                          f"  {self.opts.command}") from None
+
+    def save(self) -> None:
+        self.record["clock"] = {"budget": self.clock.budget, "spent": round(self.clock.elapsed(), 1)}
+        self.workspace.write_record(self.record)
+
+
+def _data_identity(checked: CheckedDataset) -> dict:
+    return {"cases": {c.name: {"images": [str(f) for f in c.channels.values()], "label": str(c.label)}
+                      for c in checked.cases},
+            "labels": checked.labels.record()}
+
+
+def _ingest_record(checked: CheckedDataset, conversion) -> dict:
+    return _data_identity(checked) | {
+        "input": str(checked.discovery.root),
+        "layout": checked.discovery.layout,
+        "skipped_cases": checked.skipped,
+        "channels": {"keys": checked.channel_keys, "nnunet_names": conversion.channel_names},
+        "file_ending": conversion.file_ending,
+        "is_2d": checked.is_2d,
+        "raw_dataset": str(conversion.folder),
+    }
+
+
+def _describe(identity: dict | None) -> str:
+    if not identity:
+        return "unknown options"
+    return f"folds {','.join(identity['folds'])}, -c {identity['configuration']}, trainer {identity['trainer']}"
+
+
+def _processes() -> int:
+    import os
+
+    return max(1, os.cpu_count() or 1)

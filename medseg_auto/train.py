@@ -1,0 +1,158 @@
+"""Train stage: one fold with a budgeted nnU-Net trainer, resumable from its last checkpoint.
+
+nnU-Net runs the loop; this module builds the trainer from the work folder's plans, resumes it where an
+earlier session stopped, turns Ctrl+C / SIGTERM into a saved checkpoint, and prints a line per epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from medseg_auto.budget import fmt_duration
+from medseg_auto.plan import PLANS_IDENTIFIER, PlanResult
+from medseg_auto.workspace import Workspace
+
+
+@dataclass
+class FoldResult:
+    """What a finished fold reports to the model card."""
+
+    fold: int | str
+    seconds: float
+    epochs: int
+    iterations: int
+    batch_size: int
+    validation: str                      # mirrored, fast or skipped
+    dice: dict[str, float] = field(default_factory=dict)  # label or region name -> held-out Dice
+    folder: str = ""
+
+    def record(self) -> dict:
+        return self.__dict__.copy()
+
+
+def select_device(name: str):
+    """``auto`` -> CUDA when available, else CPU; CPU gets every core for torch's own threads."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from medseg_auto.errors import InputError
+
+        raise InputError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
+    if name == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device(name)
+
+
+def configure_nnunet_processes(device_type: str) -> None:
+    """Worker counts for nnU-Net unless the user set them: on a CPU its augmentation workers compete with
+    the training threads for the same cores, so they get few (nnU-Net's default is up to 12)."""
+    cpus = os.cpu_count() or 1
+    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(4, cpus))))
+    if device_type == "cpu":
+        os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, cpus // 4)))
+
+
+class StopRequest:
+    """Ctrl+C and SIGTERM. While a trainer is in its loop the stop is deferred to its next step (it saves a
+    checkpoint first); anywhere else, or at a second signal, it interrupts at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.deferred = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.deferred and not self.event.is_set():
+            self.event.set()
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def fold_folder(workspace: Workspace, trainer_class: type, configuration: str, fold) -> Path:
+    return (workspace.results / workspace.nnunet_name /
+            f"{trainer_class.__name__}__{PLANS_IDENTIFIER}__{configuration}" / f"fold_{fold}")
+
+
+def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_class: type, device,
+               stop: StopRequest, on_epoch: Callable | None = None,
+               pretrained: Path | None = None) -> FoldResult:
+    """Train (or resume, or only validate) one fold inside ``budget`` (a ``FoldBudget``); a fresh fold
+    starts from the ``pretrained`` checkpoint's weights when given."""
+    from medseg_auto.trainers.time_budget import read_fold_clock
+
+    workspace.activate()
+    folder = fold_folder(workspace, trainer_class, plan.configuration, fold)
+    final, latest = folder / "checkpoint_final.pth", folder / "checkpoint_latest.pth"
+    summary = folder / "validation" / "summary.json"
+    dataset_json = json.loads((workspace.preprocessed / workspace.nnunet_name / "dataset.json").read_text())
+    plans = json.loads(json.dumps(plan.plans)) | {"continue_training": latest.is_file() or final.is_file()}
+    trainer = trainer_class(plans, plan.configuration, fold, dataset_json, device)
+    trainer.budget = budget
+    trainer.stop_requested = stop.event
+    if on_epoch is not None:
+        trainer.on_epoch_done = on_epoch
+    if final.is_file():
+        trainer.load_checkpoint(str(final))
+    else:
+        if pretrained is not None and not latest.is_file():
+            from medseg_auto.pretrained import load_weights
+
+            trainer.initialize()
+            load_weights(trainer.network, pretrained)
+        if latest.is_file():
+            trainer.load_checkpoint(str(latest))
+            print(f"  fold {fold}: resuming after epoch {trainer.current_epoch} "
+                  f"({fmt_duration(budget.spent)} used of {fmt_duration(budget.seconds)})", file=sys.stderr)
+        stop.deferred = True
+        try:
+            trainer.run_training()
+        finally:
+            stop.deferred = False
+    if not summary.is_file() and trainer.validation_mode != "skipped":
+        trainer.perform_actual_validation()
+    clock = read_fold_clock(str(folder)) or {}
+    return FoldResult(fold=fold, seconds=round(trainer.elapsed(), 1), epochs=clock.get("epochs", 0),
+                      iterations=clock.get("iterations", 0), batch_size=trainer.batch_size,
+                      validation=trainer.validation_mode, dice=_validation_dice(summary, dataset_json),
+                      folder=str(folder))
+
+
+def epoch_line(trainer) -> str:
+    """``fold 0 | epoch 4 | 1:12 / 4:30, ETA 3:18 | 12 it x 2 | lr 0.0100 | pseudo-Dice 0.61 (0.58 0.64)``."""
+    log = trainer.logger.local_logger.my_fantastic_logging
+    per_label = " ".join(f"{d:.2f}" for d in log["dice_per_class_or_region"][-1])
+    left = max(0.0, trainer.budget.seconds - trainer.elapsed())
+    return (f"  fold {trainer.fold} | epoch {trainer.current_epoch} | {fmt_duration(trainer.elapsed())} / "
+            f"{fmt_duration(trainer.budget.seconds)}, ETA {fmt_duration(left)} | "
+            f"{trainer.num_iterations_per_epoch} it x {trainer.batch_size} | lr {log['lrs'][-1]:.4f} | "
+            f"pseudo-Dice {log['mean_fg_dice'][-1]:.3f} ({per_label})")
+
+
+def _validation_dice(summary: Path, dataset_json: dict) -> dict[str, float]:
+    """Mean held-out Dice per label (or region) from nnU-Net's validation summary, keyed by name."""
+    if not summary.is_file():
+        return {}
+    names = {}
+    for name, value in dataset_json["labels"].items():
+        key = str(tuple(value)) if isinstance(value, list) and len(value) > 1 else \
+            str(value[0] if isinstance(value, list) else value)
+        names[key] = name
+    mean = json.loads(summary.read_text())["mean"]
+    return {names.get(k, k): round(v["Dice"], 4) for k, v in mean.items()}

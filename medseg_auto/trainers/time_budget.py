@@ -1,0 +1,293 @@
+"""nnUNetTrainerTimeBudget: nnU-Net's default trainer, trained for a wall-clock budget instead of 1000 epochs.
+
+What changes, and nothing else (network, loss, augmentation and inference are nnU-Net's):
+- the learning rate follows the elapsed fraction of the fold's time (``schedule.py``), reaching zero when
+  the time is up;
+- epochs are short and sized from measured speed; an epoch that cannot end in time is shortened or not
+  started, so training stops on time;
+- the final sliding-window validation is reserved inside the budget (without mirroring when that would
+  not fit, skipped when even that would not fit, each said in the log);
+- ``checkpoint_latest`` is written every few minutes, atomically, with the fold's clock beside it, and an
+  interruption saves one before leaving;
+- on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from medseg_auto.trainers.schedule import ElapsedFractionLR
+
+CLOCK_FILE = "medseg_clock.json"
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl+C or SIGTERM during training: a checkpoint was saved, the run can resume."""
+
+
+class _TimeUp(Exception):
+    """Raised at the start of an epoch that cannot end inside the fold's time."""
+
+
+@dataclass
+class FoldBudget:
+    """The fold's share of the run's budget and how to spend it (set by the runner before training)."""
+
+    seconds: float = math.inf          # training + final validation of this fold
+    spent: float = 0.0                 # used by earlier sessions of this fold (resume)
+    lr_shape: str = "constant_decay"
+    decay_fraction: float = 0.3
+    checkpoint_every: float = 120.0    # seconds between checkpoint_latest writes
+    max_epoch_seconds: float = 120.0
+    cpu_batch_voxels: int = 180_000    # about two 3D hippocampus patches: ~1.6 s per iteration on 2 cores
+    mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
+    validation_share: float = 0.35     # validate at all if it costs at most this share
+
+
+@dataclass
+class _Speed:
+    """Measured seconds per training iteration, per validation iteration and per epoch overhead."""
+
+    train_iter: float | None = None
+    val_iter: float | None = None
+    overhead: float = 2.0
+
+    def update(self, name: str, value: float) -> None:
+        old = getattr(self, name)
+        setattr(self, name, value if old is None else 0.5 * old + 0.5 * value)
+
+
+class nnUNetTrainerTimeBudget(nnUNetTrainer):
+    inference_trainer_name = "nnUNetTrainer"  # same network and inference: bundles load in plain nnU-Net
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 10 ** 9  # the clock ends training, not the epoch count
+        self.num_iterations_per_epoch = 5  # a short first epoch measures the speed; later ones are sized
+        self.num_val_iterations_per_epoch = 1
+        self.budget = FoldBudget()
+        self.stop_requested = threading.Event()  # set by the runner's signal handler
+        self.on_epoch_done: Callable[["nnUNetTrainerTimeBudget"], None] | None = None
+        self.validation_mode = "mirrored"  # decided from measured speed: mirrored, fast, skipped
+        self._t0 = time.monotonic()
+        self._speed = _Speed()
+        self.iterations_done = 0
+        self._marks: dict[str, float] = {}
+        self._last_save = time.monotonic()
+        self._val_windows: int | None = None
+        self._reserve: float | None = None  # seconds kept for the final validation, updated every epoch
+
+    # -- the clock ------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.budget.spent + time.monotonic() - self._t0
+
+    def training_seconds(self) -> float:
+        """The part of the fold's time for training: the whole minus the final validation's reserve."""
+        if self._reserve is None:
+            self._reserve = self.validation_reserve()
+        return self.budget.seconds - self._reserve
+
+    def training_fraction(self) -> float:
+        return self.elapsed() / max(self.training_seconds(), 1e-6)
+
+    def configure_optimizers(self):
+        optimizer, _ = super().configure_optimizers()
+        return optimizer, ElapsedFractionLR(optimizer, self.initial_lr, self.training_fraction,
+                                            self.budget.lr_shape, self.budget.decay_fraction)
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if self.device.type == "cpu" and not self.is_ddp:
+            cap = max(2, self.budget.cpu_batch_voxels // int(np.prod(self.configuration_manager.patch_size)))
+            if self.batch_size > cap:
+                self.print_to_log_file(f"CPU: batch size {self.batch_size} -> {cap} (at most "
+                                       f"{self.budget.cpu_batch_voxels} voxels per batch)")
+                self.batch_size = cap
+
+    # -- epochs sized to the time left ----------------------------------------------------------------------
+    def on_epoch_start(self):
+        if self.stop_requested.is_set():
+            raise TrainingInterrupted
+        self._marks["epoch"] = time.monotonic()
+        self._reserve = self.validation_reserve()
+        left = self.training_seconds() - self.elapsed()
+        s = self._speed
+        if s.train_iter is None:
+            if left <= 0:
+                raise _TimeUp
+        else:
+            per_iter = s.train_iter + (s.val_iter or 0.0) / 5
+            target = min(self.budget.max_epoch_seconds, max(10.0, self.training_seconds() / 20))
+            fits = int((left - s.overhead) / per_iter)
+            n = min(int(target / per_iter), fits, 250)
+            if n < 1:
+                raise _TimeUp
+            self.num_iterations_per_epoch = n
+            self.num_val_iterations_per_epoch = max(1, round(n / 5))
+        super().on_epoch_start()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._marks["train"] = time.monotonic()
+
+    def train_step(self, batch: dict) -> dict:
+        if self.stop_requested.is_set():
+            raise TrainingInterrupted
+        self.lr_scheduler.step()
+        out = super().train_step(batch)
+        self.iterations_done += 1
+        return out
+
+    def on_train_epoch_end(self, train_outputs):
+        self._speed.update("train_iter", (time.monotonic() - self._marks["train"]) / len(train_outputs))
+        super().on_train_epoch_end(train_outputs)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._marks["val"] = time.monotonic()
+
+    def on_validation_epoch_end(self, val_outputs):
+        self._speed.update("val_iter", (time.monotonic() - self._marks["val"]) / len(val_outputs))
+        super().on_validation_epoch_end(val_outputs)
+
+    def on_epoch_end(self):
+        every = min(self.budget.checkpoint_every, max(15.0, self.budget.seconds / 10))  # short folds: often
+        due = time.monotonic() - self._last_save >= every
+        self.save_every = 1 if due else self.num_epochs  # nnU-Net saves checkpoint_latest when this divides
+        super().on_epoch_end()
+        loops = (self._speed.train_iter * self.num_iterations_per_epoch
+                 + self._speed.val_iter * self.num_val_iterations_per_epoch)
+        self._speed.overhead = max(0.0, time.monotonic() - self._marks["epoch"] - loops)
+        if self.on_epoch_done is not None:
+            self.on_epoch_done(self)
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except _TimeUp:
+            self.print_to_log_file(f"Time is up for training after {self.current_epoch} epochs "
+                                   f"({self.elapsed():.0f} s of {self.budget.seconds:.0f} s).")
+            self.on_train_end()
+        except BaseException as e:
+            if not (self.stop_requested.is_set() or isinstance(e, KeyboardInterrupt)):
+                raise
+            self._save_interrupted()
+            raise TrainingInterrupted(f"fold {self.fold} interrupted in epoch {self.current_epoch}") from None
+
+    def _save_interrupted(self) -> None:
+        """Keep the weights of the unfinished epoch; the logs stay those of the finished epochs."""
+        if self.was_initialized:
+            for values in self.logger.local_logger.my_fantastic_logging.values():
+                del values[self.current_epoch:]
+            self.current_epoch -= 1  # save_checkpoint stores current_epoch + 1: the finished epochs
+            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+        for loader in (self.dataloader_train, self.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+
+    # -- checkpoints that survive a kill ------------------------------------------------------------------
+    def save_checkpoint(self, filename: str) -> None:
+        tmp = filename + ".tmp"
+        super().save_checkpoint(tmp)
+        if os.path.isfile(tmp):
+            os.replace(tmp, filename)
+        if os.path.basename(filename) != "checkpoint_best.pth":
+            self._last_save = time.monotonic()
+            self._write_clock()
+
+    def _write_clock(self) -> None:
+        state = {"spent": self.elapsed(), "epochs": self.current_epoch + 1, "iterations": self.iterations_done,
+                 "batch_size": self.batch_size, "speed": asdict(self._speed),
+                 "budget": asdict(self.budget), "validation": self.validation_mode}
+        path = os.path.join(self.output_folder, CLOCK_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(state, f, indent=1, default=float)
+        os.replace(path + ".tmp", path)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        clock = read_fold_clock(self.output_folder)
+        if clock:
+            self._speed = _Speed(**clock["speed"])
+            self.iterations_done = clock["iterations"]
+
+    # -- final validation inside the budget ---------------------------------------------------------------
+    def validation_reserve(self) -> float:
+        """Seconds kept for the final validation: estimated from measured speed, a share before that."""
+        if self._speed.val_iter is None:
+            return 0.15 * self.budget.seconds if math.isfinite(self.budget.seconds) else 0.0
+        self.validation_mode = self._choose_validation()
+        if self.validation_mode == "skipped":
+            return 0.0
+        return 1.25 * self.estimate_validation_seconds(self.validation_mode == "mirrored")
+
+    def _choose_validation(self) -> str:
+        if self.fold == "all":
+            return "skipped"  # no held-out cases: fold 'all' trains on every case
+        total = self.budget.seconds
+        if self.estimate_validation_seconds(True) <= self.budget.mirror_share * total:
+            return "mirrored"
+        if self.estimate_validation_seconds(False) <= self.budget.validation_share * total:
+            return "fast"
+        return "skipped"
+
+    def estimate_validation_seconds(self, mirrored: bool) -> float:
+        """Sliding windows of all validation cases x measured seconds per window (+ worker start, export)."""
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+        if self._val_windows is None:
+            _, val_keys = self.do_split()
+            dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+            patch = self.configuration_manager.patch_size
+            windows = 0
+            for key in val_keys:
+                shape = [max(s, p) for s, p in zip(dataset.load_case(key)[0].shape[1:], patch)]
+                windows += int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, patch, 0.5)]))
+            self._val_windows, self._val_cases = windows, len(val_keys)
+        axes = self.inference_allowed_mirroring_axes or ()
+        factor = 2 ** len(axes) if mirrored else 1
+        per_window = (self._speed.val_iter or 1.0) / self.batch_size
+        return 10.0 + self._val_windows * per_window * factor + 0.3 * self._val_cases
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        mode = self._choose_validation() if self._speed.val_iter is not None else self.validation_mode
+        self.validation_mode = mode
+        if mode == "skipped":
+            why = "fold 'all' has no held-out cases" if self.fold == "all" else \
+                "it would not fit in the fold's budget"
+            self.print_to_log_file(f"Final validation skipped: {why}.", also_print_to_console=True)
+            return
+        if mode == "mirrored":
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file("Final validation without mirroring: with mirroring it would take about "
+                               f"{self.estimate_validation_seconds(True):.0f} s, more than "
+                               f"{self.budget.mirror_share:.0%} of the fold's budget.")
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
+
+    def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
+        """Everything goes to nnU-Net's log file; the console gets the runner's one line per epoch."""
+        super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
+
+
+def read_fold_clock(fold_folder: str) -> dict | None:
+    """The clock saved beside the fold's last checkpoint, or None."""
+    path = os.path.join(fold_folder, CLOCK_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,56 @@
+"""The clock, the learning-rate shapes and the budget split: fast unit tests, no training."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg_auto.budget import FoldShare, budget_advice, fmt_duration, split_training
+from medseg_auto.trainers.schedule import ElapsedFractionLR, lr_factor
+from conftest import copy_hippocampus
+
+def test_constant_then_linear_decay_reaches_zero_when_time_is_up():
+    assert lr_factor(0.0) == 1.0 and lr_factor(0.69) == 1.0
+    assert lr_factor(0.85) == pytest.approx(0.5)
+    assert lr_factor(1.0) == 0.0 and lr_factor(1.3) == 0.0  # past the end: still zero, never negative
+    assert lr_factor(0.5, decay_fraction=1.0) == pytest.approx(0.5)  # all decay = linear from the start
+
+def test_poly_and_cosine_follow_the_time_fraction():
+    assert lr_factor(0.5, "poly") == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(0.5, "cosine") == pytest.approx(0.5)
+    assert lr_factor(1.0, "poly") == 0.0 and lr_factor(1.0, "cosine") == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown learning-rate shape"):
+        lr_factor(0.5, "step")
+    with pytest.raises(ValueError, match="decay_fraction"):
+        lr_factor(0.5, decay_fraction=0.0)
+
+def test_scheduler_sets_every_group_from_the_clock_not_the_epoch():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD([{"params": [model.weight]}, {"params": [model.bias]}], lr=0.01)
+    now = {"f": 0.0}
+    sched = ElapsedFractionLR(opt, 0.01, lambda: now["f"], "constant_decay", 0.3)
+    assert sched.step(500) == pytest.approx(0.01)  # nnU-Net passes the epoch: ignored
+    now["f"] = 0.85
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.005])
+
+def test_split_is_equal_when_fresh_and_by_remaining_need_when_resumed():
+    fresh = split_training(300.0, [FoldShare(0), FoldShare(1), FoldShare(2)])
+    assert fresh == pytest.approx({0: 100.0, 1: 100.0, 2: 100.0})
+    # fold 0 used half of its 100 s before a kill; 150 s are left for it and an untouched fold 1
+    resumed = split_training(150.0, [FoldShare(0, 100.0, 50.0), FoldShare(1, 100.0, 0.0)])
+    assert resumed[0] == pytest.approx(50.0 + 50.0) and resumed[1] == pytest.approx(100.0)
+    assert sum(resumed.values()) - 50.0 == pytest.approx(150.0)  # new time handed out = time left
+
+def test_budget_advice_has_numbers_and_suggests_one_fold():
+    text = budget_advice(600.0, [0, 1, 2, 3, 4], 100.0)
+    assert "1:40 of training per fold for 5 folds" in text and "-f 0" in text and "8:20" in text
+    assert budget_advice(3600.0, [0], 3000.0) is None
+    assert fmt_duration(75) == "1:15" and fmt_duration(3725) == "1:02:05"
+
+def test_too_small_budget_is_refused_up_front_without_planning(project, train_cli):
+    copy_hippocampus(project / "input_train" / "hippo", 6)
+    code, out, err = train_cli("-d", "hippo", "-t", "0.3", "-f", "all")
+    assert code == 2, err
+    assert "too little to train anything" in err and "-f 0" in err and "Use at least -t" in err
+    assert not (project / "work" / "hippo" / "nnUNet_preprocessed").exists()  # refused before planning
+    assert not (project / "output_models" / "hippo").exists()

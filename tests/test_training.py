@@ -1,0 +1,154 @@
+"""End to end on real data: a tiny budgeted run of exe_train.py, its bundle, plain nnU-Net loading it,
+and interrupted runs (SIGTERM, kill -9) that resume and finish. Each run is a separate process, as a
+user's would be."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, copy_hippocampus, tree_digest
+
+BUDGET_MIN = 2.0
+TOLERANCE_S = 15.0  # process start-up before the clock, and the export's last file moves
+
+
+def _command(project: Path, *extra: str, minutes: float = BUDGET_MIN) -> list[str]:
+    return [sys.executable, str(REPO / "exe_train.py"), "-d", "hippo", "-l", "anterior,posterior", "-f", "0",
+            "-t", str(minutes), "--input-dir", str(project / "input_train"), "--work-dir", str(project / "work"),
+            "--output-dir", str(project / "output_models"), *extra]
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run: 12 hippocampus cases, fold 0, a two-minute budget."""
+    project = tmp_path_factory.mktemp("project")
+    copy_hippocampus(project / "input_train" / "hippo", 12)
+    before = tree_digest(project / "input_train")
+    start = time.monotonic()
+    done = subprocess.run(_command(project), capture_output=True, text=True, timeout=600, env=_env())
+    return project, done, time.monotonic() - start, before
+
+
+def test_tiny_run_exports_a_bundle_within_budget(trained):
+    project, done, wall, before = trained
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert wall <= BUDGET_MIN * 60 + TOLERANCE_S, f"run took {wall:.0f} s for a {BUDGET_MIN:g} min budget"
+    bundle = project / "output_models" / "hippo"
+    for name in ("dataset.json", "plans.json", "dataset_fingerprint.json", "medseg_auto.json", "model_card.json",
+                 "README.md", "fold_0/checkpoint_final.pth", "fold_0/progress.png"):
+        assert (bundle / name).is_file(), name
+    assert "dataset" not in json.loads((bundle / "dataset.json").read_text())  # no paths of training files
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["budget_minutes"] == BUDGET_MIN and card["time_used_seconds"] <= BUDGET_MIN * 60
+    fold = card["folds"]["0"]
+    assert fold["epochs"] >= 1 and fold["iterations"] >= fold["epochs"] and fold["batch_size"] >= 1
+    assert set(card["cross_validation_dice"]) == {"anterior", "posterior"}
+    assert all(0.0 <= d <= 1.0 for d in card["cross_validation_dice"].values())
+    assert card["channels"] == ["MRI"] and card["training_cases"] == 12
+    readme = (bundle / "README.md").read_text()
+    assert "anterior" in readme and "| 0 |" in readme
+    checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint
+    assert json.loads((bundle / "medseg_auto.json").read_text())["trainer"] == "nnUNetTrainerTimeBudget"
+    assert not (project / "work" / "hippo").exists()  # removed after the verified export
+    assert tree_digest(project / "input_train") == before
+    assert "fold 0 | epoch 1 |" in done.stderr and "ETA" in done.stderr and "pseudo-Dice" in done.stderr
+
+
+def test_bundle_loads_in_plain_nnunet(trained, tmp_path):
+    """nnU-Net's own command, no environment variables, on a case of the training data."""
+    project, done, _, _ = trained
+    assert done.returncode == 0
+    scan = sorted((project / "input_train" / "hippo" / "images").iterdir())[0]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "case_0000.nii.gz").write_bytes(scan.read_bytes())
+    predict = subprocess.run(["nnUNetv2_predict_from_modelfolder", "-i", str(tmp_path / "in"), "-o",
+                              str(tmp_path / "out"), "-m", str(project / "output_models" / "hippo"), "-f", "0",
+                              "-device", "cpu", "--disable_tta"], capture_output=True, text=True, timeout=300,
+                             env=_env())
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    import SimpleITK as sitk
+
+    out = sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz"))
+    assert out.GetSize() == sitk.ReadImage(str(scan)).GetSize()
+    assert set(sitk.GetArrayFromImage(out).ravel().tolist()) <= {0, 1, 2}
+
+
+def test_existing_bundle_is_never_overwritten(trained):
+    project, done, _, _ = trained
+    assert done.returncode == 0
+    bundle = project / "output_models" / "hippo"
+    before = tree_digest(bundle)
+    again = subprocess.run(_command(project), capture_output=True, text=True, timeout=120, env=_env())
+    assert again.returncode == 2
+    assert "already holds a model" in again.stderr and "--overwrite" in again.stderr
+    assert tree_digest(bundle) == before
+    assert not (project / "work" / "hippo").exists()  # refused before any work
+
+
+def _start(project: Path, log: Path, minutes: float) -> subprocess.Popen:
+    return subprocess.Popen(_command(project, minutes=minutes), stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), env=_env(), start_new_session=True)
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if text in log.read_text():
+            return
+        assert proc.poll() is None, f"run ended before '{text}':\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"'{text}' not seen in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_sigterm_then_kill9_resume_and_finish(tmp_path):
+    project = tmp_path
+    copy_hippocampus(project / "input_train" / "hippo", 10)
+    minutes = 2.5
+    record = project / "work" / "hippo" / "run.json"
+
+    # 1. SIGTERM during training: checkpoint saved, resume command printed, exit 130
+    first = _start(project, tmp_path / "first.log", minutes)
+    _wait_for(tmp_path / "first.log", "fold 0 | epoch 2 |", first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 130
+    log = (tmp_path / "first.log").read_text()
+    assert "Resume with:" in log and "exe_train.py -d hippo" in log
+    fold = next((project / "work" / "hippo" / "nnUNet_results").rglob("fold_0"))
+    assert (fold / "checkpoint_latest.pth").is_file()
+    state = json.loads(record.read_text())
+    assert state["state"] == "interrupted" and 0 < state["clock"]["spent"] < minutes * 60
+
+    # 2. the same command resumes; a second run on the same dataset meanwhile is refused by the lock
+    second = _start(project, tmp_path / "second.log", minutes)
+    _wait_for(tmp_path / "second.log", "fold 0: resuming after epoch", second)
+    rival = subprocess.run(_command(project, minutes=minutes), capture_output=True, text=True, timeout=120,
+                           env=_env())
+    assert rival.returncode == 2 and "Another medseg_auto run" in rival.stderr
+    _wait_for(tmp_path / "second.log", "| epoch", second)
+    os.killpg(second.pid, signal.SIGKILL)  # no chance to save anything
+    second.wait(timeout=60)
+    spent_before_kill = json.loads(record.read_text())["clock"]["spent"]
+    assert spent_before_kill > state["clock"]["spent"]
+
+    # 3. resumes again after kill -9 (the lock died with the process) and finishes within the budget
+    third = subprocess.run(_command(project, minutes=minutes), capture_output=True, text=True, timeout=600,
+                           env=_env())
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "Resuming the unfinished run" in third.stderr
+    card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
+    assert card["time_used_seconds"] <= minutes * 60 + TOLERANCE_S
+    assert card["folds"]["0"]["epochs"] >= 2
