@@ -65,6 +65,8 @@ def transfer_plans(workspace: Workspace, bundle: PretrainedBundle, plans_identif
         move_plans_between_datasets(_SOURCE, workspace.nnunet_name, plans_identifier, plans_identifier)
     finally:
         shutil.rmtree(source)
+    # nnU-Net's planner would have copied dataset.json beside the plans; the transfer does not
+    shutil.copy2(workspace.raw_dataset / "dataset.json", workspace.preprocessed / workspace.nnunet_name)
 
 
 def load_weights(network, bundle_checkpoint: Path) -> None:

@@ -19,6 +19,7 @@ from medseg_auto.errors import InputError, Interrupted, MedsegError
 from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
 from medseg_auto.ingest.problems import format_table
 from medseg_auto.report import dataset_summary, model_card, model_card_readme
+from medseg_auto.train import StopRequest
 from medseg_auto.workspace import Workspace
 
 RESUMABLE = ("training", "interrupted", "failed")
@@ -71,8 +72,6 @@ def train(opts: RunOptions) -> Path | None:
         print(f"--skip-invalid: continuing without {len(checked.skipped)} case(s): "
               f"{', '.join(checked.skipped)}", file=sys.stderr)
     workspace = Workspace.create(opts.work_dir, opts.name, opts.ingest.dataset_dir)
-    from medseg_auto.train import StopRequest
-
     stop = StopRequest()
     with workspace.lock(), stop.installed():
         return _Run(opts, workspace, checked, clock, bundle, stop).execute()
@@ -107,8 +106,9 @@ class _Run:
             return self._plan_train_export()
         except (KeyboardInterrupt, Interrupted) as e:
             self._interrupted(e)
-        except MedsegError:
-            self.record["state"] = "failed"
+        except MedsegError as e:
+            # refused input (exit 2) leaves nothing to resume: a corrected command starts afresh
+            self.record["state"] = "refused" if isinstance(e, InputError) else "failed"
             self.save()
             raise
         except Exception as e:
@@ -128,6 +128,8 @@ class _Run:
 
             self.pretrained = open_pretrained(self.opts.pretrained, self.record["channels"]["nnunet_names"],
                                               self.opts.configuration)
+        print(f"\n[plan] nnU-Net's fingerprint, planning and preprocessing: about "
+              f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
                                    processes=_processes(), pretrained=self.pretrained)
         self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
@@ -266,9 +268,13 @@ class _Run:
         clock = read_fold_clock(str(folder))
         return clock["spent"] if clock else 0.0
 
+    def _plan_estimate(self) -> float:
+        channels = len(self.checked.channel_keys) or 1
+        voxels = sum(int(np.prod(self.checked.infos[c.label].shape)) for c in self.checked.cases) * channels
+        return estimate_plan_seconds(voxels, len(self.checked.cases))
+
     def _warn_up_front(self) -> None:
-        voxels = sum(int(np.prod(self.checked.infos[c.label].shape)) for c in self.checked.cases)
-        rest = self.clock.remaining() - estimate_plan_seconds(voxels, len(self.checked.cases)) - EXPORT_RESERVE_SECONDS
+        rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS
         per_fold = rest / len(self.opts.folds)
         if per_fold < MIN_FOLD_SECONDS and not self.opts.dry_run:
             need = (self.clock.budget - rest + MIN_FOLD_SECONDS * len(self.opts.folds)) / 60

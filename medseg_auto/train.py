@@ -116,6 +116,7 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
 
             trainer.initialize()
             load_weights(trainer.network, pretrained)
+            print(f"  fold {fold}: starting from the weights of {pretrained}", file=sys.stderr)
         if latest.is_file():
             trainer.load_checkpoint(str(latest))
             print(f"  fold {fold}: resuming after epoch {trainer.current_epoch} "

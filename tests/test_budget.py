@@ -32,6 +32,8 @@ def test_scheduler_sets_every_group_from_the_clock_not_the_epoch():
     now["f"] = 0.85
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.005])
+    now["f"] = 0.8  # the time left was re-estimated upwards: the rate holds, it never climbs back
+    assert sched.step() == pytest.approx(0.005)
 
 def test_split_is_equal_when_fresh_and_by_remaining_need_when_resumed():
     fresh = split_training(300.0, [FoldShare(0), FoldShare(1), FoldShare(2)])

@@ -130,3 +130,19 @@ def test_file_in_the_way_is_refused(tmp_path):
     with pytest.raises(InputError, match="a file of that name"):
         write_example_dataset(tmp_path / "ex")
     assert (tmp_path / "ex").read_text() == "a file"
+
+
+def test_example_flag_writes_the_dataset_and_chooses_first_run_settings(project, train_cli):
+    """``exe_train.py --example`` (here with --check, so nothing is trained): the dataset appears in
+    input_train/example, labels are named, and a second call reuses it as it is."""
+    args = ["--example", "--check", "--input-dir", str(project / "input_train"), "--work-dir",
+            str(project / "work"), "--output-dir", str(project / "out")]
+    code, out, err = train_cli(*args)
+    assert code == 0, err
+    assert "16 usable" in out and "1 lesion, 2 core" in out and "Channels   2" in out
+    before = tree_digest(project / "input_train")
+    assert train_cli(*args)[0] == 0
+    assert tree_digest(project / "input_train") == before
+    assert read_record(project, EXAMPLE_NAME)["identity"]["folds"] == ["0"]  # -f 0 for a first run
+    code, _, err = train_cli("--example", "-d", "other", "--check")
+    assert code == 2 and "leave out -d other" in err

@@ -152,3 +152,33 @@ def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
     assert card["time_used_seconds"] <= minutes * 60 + TOLERANCE_S
     assert card["folds"]["0"]["epochs"] >= 2
+
+
+def test_pretrained_fine_tunes_from_the_bundle_and_refuses_other_channels(trained, tmp_path):
+    """--pretrained (with --consume-input): nnU-Net's plans transfer and weights; wrong channels refused."""
+    project, done, _, _ = trained
+    assert done.returncode == 0
+    source = project / "output_models" / "hippo"
+    copy_hippocampus(tmp_path / "input_train" / "hippo", 8)
+    command = _command(tmp_path, "--pretrained", str(source), "--consume-input", minutes=1.5)
+    tuned = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_env())
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    assert f"starting from the weights of {source}" in tuned.stderr
+    new = tmp_path / "output_models" / "hippo"
+    plans = [json.loads((b / "plans.json").read_text()) for b in (source, new)]
+    assert plans[0]["configurations"]["3d_fullres"]["architecture"] == \
+        plans[1]["configurations"]["3d_fullres"]["architecture"]  # nnU-Net's plans transfer: same network
+    assert json.loads((new / "model_card.json").read_text())["pretrained_from"] == str(source)
+    # --consume-input: the drop-in copy goes, but only after the verified export; input_train/ stays
+    assert not (tmp_path / "input_train" / "hippo").exists() and (tmp_path / "input_train").is_dir()
+
+    brats = tmp_path / "other"
+    from conftest import copy_brats
+
+    copy_brats(brats / "input_train" / "brats")
+    refused = subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", "brats", "-f", "0", "-t", "5",
+                              "--label-pattern", "OTMulti*", "--pretrained", str(source), "--input-dir",
+                              str(brats / "input_train"), "--work-dir", str(brats / "work"), "--output-dir",
+                              str(brats / "out")], capture_output=True, text=True, timeout=300, env=_env())
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "trained on 1 channel(s) (MRI)" in refused.stderr and "this data has 2" in refused.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from medseg_auto import __version__
 from medseg_auto.errors import InputError, MedsegError
+from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
@@ -18,6 +19,9 @@ from medseg_auto.plan import CONFIGURATIONS
 from medseg_auto.run import RunOptions, train
 from medseg_auto.trainers import TRAINER_NAMES
 from medseg_auto.trainers.schedule import SHAPES
+
+EXAMPLE_MINUTES = 4.0  # with start-up and data generation, about 5 minutes on a 2-core CPU
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -30,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "their values (edema=2,enhancing=4); default label_1..N")
     p.add_argument("-i", dest="image_type", default="MRI", help="image type (MRI, CT: CT selects nnU-Net's CT "
                    "normalisation) or one name per channel (T1c,FLAIR); default MRI")
-    p.add_argument("-t", dest="minutes", type=float, default=60.0, help="wall-clock budget in minutes for the "
-                   "whole run (default 60)")
-    p.add_argument("-f", dest="folds", default="all", help="'all' = folds 0-4, '0' or '0,2' = those folds, "
-                   "'full' = one model on all cases (default all)")
+    p.add_argument("-t", dest="minutes", type=float, help="wall-clock budget in minutes for the whole run "
+                   "(default 60)")
+    p.add_argument("-f", dest="folds", help="'all' = folds 0-4, '0' or '0,2' = those folds, 'full' = one model "
+                   "on all cases (default all)")
     p.add_argument("-e", dest="ending", help="image file ending to use when a folder holds several (.nii.gz)")
     p.add_argument("-c", dest="configuration", default="auto", choices=CONFIGURATIONS,
                    help="nnU-Net configuration (default auto: nnU-Net's choice, 2d for 2D data)")
@@ -48,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true", help="leave out the cases with errors and go on")
     p.add_argument("--dry-run", action="store_true", help="ingest, check, convert and plan, print the plan and "
                    "the budget split; train nothing")
+    p.add_argument("--example", action="store_true", help=f"first run: generate a small two-channel dataset in "
+                   f"input_train/{EXAMPLE_NAME}/ and train it (-t {EXAMPLE_MINUTES:g} -f 0 unless given)")
     p.add_argument("--check", action="store_true", help="only find, check and convert the data (seconds): is it "
                    "ready for training?")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default "
@@ -107,7 +113,10 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
 
 def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     input_root = args.input_dir or root / "input_train"
-    folds = parse_folds(args.folds)
+    if args.example:
+        _prepare_example(args, input_root)
+    args.minutes = 60.0 if args.minutes is None else args.minutes
+    folds = parse_folds(args.folds or "all")
     if args.minutes <= 0:
         raise InputError(f"-t {args.minutes:g}: the budget must be a positive number of minutes")
     if not 0.0 < args.decay_fraction <= 1.0:
@@ -136,6 +145,18 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")
     return 0
+
+
+def _prepare_example(args: argparse.Namespace, input_root: Path) -> None:
+    """``--example``: the generated dataset (written once, reused after) and the settings for a first run."""
+    if args.dataset not in (None, EXAMPLE_NAME):
+        raise InputError(f"--example trains the generated dataset '{EXAMPLE_NAME}': leave out -d {args.dataset}")
+    folder = write_example_dataset(input_root / EXAMPLE_NAME)
+    print(f"--example: the generated dataset is in {folder}", file=sys.stderr)
+    args.dataset = EXAMPLE_NAME
+    args.labels = args.labels or ",".join(EXAMPLE_LABELS.values())
+    args.folds = args.folds or "0"
+    args.minutes = EXAMPLE_MINUTES if args.minutes is None else args.minutes
 
 
 def _program() -> list[str]:

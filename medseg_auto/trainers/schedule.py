@@ -35,7 +35,8 @@ class ElapsedFractionLR:
     """Drop-in for nnU-Net's ``PolyLRScheduler``: ``step()`` sets the rate from the clock, not the epoch.
 
     nnU-Net calls ``step(epoch)`` once per epoch; the trainer also calls it before every iteration so the
-    rate follows the clock smoothly when epochs are few.
+    rate follows the clock smoothly when epochs are few. The fraction never goes back: when the estimate
+    of the time left for training grows (the validation reserve is re-estimated), the rate holds.
     """
 
     def __init__(self, optimizer, initial_lr: float, fraction: Callable[[], float],
@@ -46,9 +47,11 @@ class ElapsedFractionLR:
         self.fraction = fraction
         self.shape = shape
         self.decay_fraction = decay_fraction
+        self.reached = 0.0
 
     def step(self, epoch: int | None = None) -> float:
-        lr = self.initial_lr * lr_factor(self.fraction(), self.shape, self.decay_fraction)
+        self.reached = max(self.reached, self.fraction())
+        lr = self.initial_lr * lr_factor(self.reached, self.shape, self.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -79,6 +79,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         self.stop_requested = threading.Event()  # set by the runner's signal handler
         self.on_epoch_done: Callable[["nnUNetTrainerTimeBudget"], None] | None = None
         self.validation_mode = "mirrored"  # decided from measured speed: mirrored, fast, skipped
+        self._mode_fixed = False  # decided once, after warm-up, so the reserve (and the schedule) stay stable
         self._t0 = time.monotonic()
         self._speed = _Speed()
         self.iterations_done = 0
@@ -221,13 +222,16 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         if clock:
             self._speed = _Speed(**clock["speed"])
             self.iterations_done = clock["iterations"]
+            self.validation_mode, self._mode_fixed = clock["validation"], clock["epochs"] > 3
 
     # -- final validation inside the budget ---------------------------------------------------------------
     def validation_reserve(self) -> float:
         """Seconds kept for the final validation: estimated from measured speed, a share before that."""
         if self._speed.val_iter is None:
             return 0.15 * self.budget.seconds if math.isfinite(self.budget.seconds) else 0.0
-        self.validation_mode = self._choose_validation()
+        if not self._mode_fixed:
+            self.validation_mode = self._choose_validation()
+            self._mode_fixed = self.current_epoch >= 3  # the first epochs' speed includes warm-up
         if self.validation_mode == "skipped":
             return 0.0
         return 1.25 * self.estimate_validation_seconds(self.validation_mode == "mirrored")
@@ -261,8 +265,9 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         return 10.0 + self._val_windows * per_window * factor + 0.3 * self._val_cases
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        mode = self._choose_validation() if self._speed.val_iter is not None else self.validation_mode
-        self.validation_mode = mode
+        if not self._mode_fixed and self._speed.val_iter is not None:
+            self.validation_mode = self._choose_validation()
+        mode = self.validation_mode
         if mode == "skipped":
             why = "fold 'all' has no held-out cases" if self.fold == "all" else \
                 "it would not fit in the fold's budget"
