@@ -54,10 +54,11 @@ def split_training(seconds: float, folds: list[FoldShare]) -> dict:
 def estimate_plan_seconds(voxels: int, cases: int) -> float:
     """A prior for fingerprint + planning + preprocessing of one configuration on this kind of machine.
 
-    Calibrated on MSD hippocampus (200 cases, 12.6 M voxels: about 21 s on 2 cores); only used to warn
-    before planning starts, the real time is measured.
+    Calibrated on 2 cores: MSD hippocampus (200 cases, 12.6 M voxels) 19-29 s, 12 of its cases 29 s, the
+    example dataset (16 cases x 2 channels) 24 s: nnU-Net's worker processes cost most of it. Only used
+    to warn before planning starts; the real time is measured.
     """
-    return 8.0 + 1.0e-6 * voxels + 0.02 * cases
+    return 20.0 + 0.5e-6 * voxels + 0.02 * cases
 
 
 def budget_advice(budget: float, folds: list, per_fold: float) -> str | None:

@@ -95,7 +95,7 @@ def verify_bundle(folder: Path, folds: list) -> None:
         predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
                                                        checkpoint_name=CHECKPOINT)
     except Exception as e:  # a bundle that cannot load must not replace anything
-        raise MedsegError(f"The exported model in {folder} does not load in nnU-Net ({e}); nothing was "
+        raise MedsegError(f"The exported model does not load in nnU-Net ({e}); nothing was "
                           f"replaced and the work folder is kept.") from e
 
 

@@ -48,6 +48,7 @@ class RunOptions:
     consume_input: bool = False
     input_root: Path | None = None           # the drop-in folder (input_train/): --consume-input stays inside
     pretrained: Path | None = None           # a bundle to fine-tune from
+    advise_budget: bool = True               # warn when folds get little time (off for --example)
     settings: dict = field(default_factory=dict)  # trainer settings (FoldBudget fields) from the CLI
 
     def identity(self) -> dict:
@@ -282,7 +283,7 @@ class _Run:
                              f"{fmt_duration(max(rest, 0))} would be left for {len(self.opts.folds)} fold(s), "
                              f"too little to train anything. Use at least -t {np.ceil(need):.0f} or fewer folds "
                              f"(-f 0).")
-        advice = budget_advice(self.clock.budget, self.opts.folds, per_fold)
+        advice = budget_advice(self.clock.budget, self.opts.folds, per_fold) if self.opts.advise_budget else None
         if advice:
             print(f"\nWarning: {advice}", file=sys.stderr)
 
