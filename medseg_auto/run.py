@@ -5,6 +5,7 @@ used), which is what lets a rerun of the same command resume an interrupted run 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class _Run:
         print(f"\n[plan] nnU-Net's fingerprint, planning and preprocessing: about "
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
-                                   processes=_processes(), pretrained=self.pretrained)
+                                   processes=os.cpu_count() or 1, pretrained=self.pretrained)
         self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
                                "planned_batch_size": plan.batch_size, "seconds": plan.seconds}
         self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
@@ -247,8 +248,10 @@ class _Run:
             print(f"Resuming the unfinished run: {fmt_duration(self.clock.spent_before)} of the budget used, "
                   f"{fmt_duration(self.clock.remaining())} left.", file=sys.stderr)
             return True
-        self.workspace.clear_training(keep_preprocessed=same_data and previous.get("identity", {}).get(
-            "configuration") == self.opts.configuration)
+        old = (previous or {}).get("identity") or {}
+        new = self.opts.identity()
+        self.workspace.clear_training(keep_preprocessed=same_data and all(
+            old.get(k) == new[k] for k in ("configuration", "pretrained")))  # same plans: keep preprocessing
         self.record = {"arguments": self.opts.command}
         return False
 
@@ -331,9 +334,3 @@ def _describe(identity: dict | None) -> str:
     if not identity:
         return "unknown options"
     return f"folds {','.join(identity['folds'])}, -c {identity['configuration']}, trainer {identity['trainer']}"
-
-
-def _processes() -> int:
-    import os
-
-    return max(1, os.cpu_count() or 1)
