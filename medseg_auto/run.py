@@ -120,8 +120,9 @@ class _Run:
                               f"is kept; rerun the same command to resume.") from e
 
     def _plan_train_export(self) -> Path | None:
+        from medseg_auto.device import select_device
         from medseg_auto.plan import plan_and_preprocess
-        from medseg_auto.train import configure_nnunet_processes, select_device
+        from medseg_auto.train import configure_nnunet_processes
 
         device = select_device(self.opts.device)
         configure_nnunet_processes(device.type)
@@ -323,7 +324,8 @@ def _ingest_record(checked: CheckedDataset, conversion) -> dict:
         "input": str(checked.discovery.root),
         "layout": checked.discovery.layout,
         "skipped_cases": checked.skipped,
-        "channels": {"keys": checked.channel_keys, "nnunet_names": conversion.channel_names},
+        "channels": {"keys": checked.channel_keys, "nnunet_names": conversion.channel_names,
+                     "colour": sorted(conversion.colour)},
         "file_ending": conversion.file_ending,
         "is_2d": checked.is_2d,
         "raw_dataset": str(conversion.folder),

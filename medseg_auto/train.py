@@ -37,21 +37,6 @@ class FoldResult:
         return self.__dict__.copy()
 
 
-def select_device(name: str):
-    """``auto`` -> CUDA when available, else CPU; CPU gets every core for torch's own threads."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        from medseg_auto.errors import InputError
-
-        raise InputError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
-    if name == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    return torch.device(name)
-
-
 def configure_nnunet_processes(device_type: str) -> None:
     """Worker counts for nnU-Net unless the user set them: on a CPU its augmentation workers compete with
     the training threads for the same cores, so they get few (nnU-Net's default is up to 12)."""

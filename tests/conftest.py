@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,8 +50,18 @@ def copy_hippocampus(dest: Path, n: int = 10) -> Path:
     return copy_pairs("hippocampus", dest, n)
 
 
-def copy_membrane(dest: Path, n: int = 6) -> Path:
-    return copy_pairs("membrane_2d", dest, n)
+def copy_membrane(dest: Path, n: int = 6, crop: int | None = None) -> Path:
+    """``n`` membrane image/mask pairs; ``crop`` keeps the top-left crop x crop pixels of each (real data,
+    a smaller network: a 2D model then trains in seconds on a CPU)."""
+    copy_pairs("membrane_2d", dest, n)
+    if crop:
+        from PIL import Image
+
+        for f in (dest / "images").iterdir():
+            for sub in ("images", "labels"):
+                with Image.open(dest / sub / f.name) as image:
+                    image.crop((0, 0, crop, crop)).save(dest / sub / f.name)
+    return dest
 
 
 def copy_brats(dest: Path) -> Path:
@@ -85,3 +98,44 @@ def read_record(project: Path, name: str) -> dict:
     import json
 
     return json.loads((project / "work" / name / "run.json").read_text())
+
+
+# --- tiny real training runs, shared by the training and prediction tests -----------------------------
+
+BUDGET_MIN = 2.0
+
+
+def clean_env() -> dict:
+    """The environment of a user's shell: no nnUNet_* variables, a wide terminal."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"COLUMNS": "200"}
+
+
+def train_command(project: Path, name: str, *extra: str, minutes: float = BUDGET_MIN, folds: str = "0") -> list[str]:
+    return [sys.executable, str(REPO / "exe_train.py"), "-d", name, "-f", folds, "-t", str(minutes),
+            "--input-dir", str(project / "input_train"), "--work-dir", str(project / "work"),
+            "--output-dir", str(project / "output_models"), *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One tiny run: 12 hippocampus cases, fold 0, a two-minute budget. Returns (project, completed
+    process, wall seconds, digest of input_train before the run); the bundle is output_models/hippo."""
+    project = tmp_path_factory.mktemp("project")
+    copy_hippocampus(project / "input_train" / "hippo", 12)
+    before = tree_digest(project / "input_train")
+    start = time.monotonic()
+    done = subprocess.run(train_command(project, "hippo", "-l", "anterior,posterior"), capture_output=True,
+                          text=True, timeout=600, env=clean_env())
+    return project, done, time.monotonic() - start, before
+
+
+@pytest.fixture(scope="session")
+def membrane_bundle(tmp_path_factory) -> Path:
+    """A 2D model trained for a minute and a half on 6 membrane PNGs (128x128 crops, masks 0/255), all cases
+    (``-f full``)."""
+    project = tmp_path_factory.mktemp("membrane")
+    copy_membrane(project / "input_train" / "membrane", 6, crop=128)
+    done = subprocess.run(train_command(project, "membrane", "-l", "cells", minutes=1.5, folds="full"),
+                          capture_output=True, text=True, timeout=600, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    return project / "output_models" / "membrane"

@@ -11,34 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import REPO, copy_hippocampus, tree_digest
+from conftest import BUDGET_MIN, REPO, clean_env as _env, copy_hippocampus, train_command, tree_digest
 
-BUDGET_MIN = 2.0
 TOLERANCE_S = 15.0  # process start-up before the clock, and the export's last file moves
 
 
 def _command(project: Path, *extra: str, minutes: float = BUDGET_MIN) -> list[str]:
-    return [sys.executable, str(REPO / "exe_train.py"), "-d", "hippo", "-l", "anterior,posterior", "-f", "0",
-            "-t", str(minutes), "--input-dir", str(project / "input_train"), "--work-dir", str(project / "work"),
-            "--output-dir", str(project / "output_models"), *extra]
-
-
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")} | {"COLUMNS": "200"}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny run: 12 hippocampus cases, fold 0, a two-minute budget."""
-    project = tmp_path_factory.mktemp("project")
-    copy_hippocampus(project / "input_train" / "hippo", 12)
-    before = tree_digest(project / "input_train")
-    start = time.monotonic()
-    done = subprocess.run(_command(project), capture_output=True, text=True, timeout=600, env=_env())
-    return project, done, time.monotonic() - start, before
+    return train_command(project, "hippo", "-l", "anterior,posterior", *extra, minutes=minutes)
 
 
 def test_tiny_run_exports_a_bundle_within_budget(trained):

@@ -32,6 +32,7 @@ class Conversion:
     folder: Path
     file_ending: str
     channel_names: list[str]
+    colour: set[str] = field(default_factory=set)  # channel keys split into R, G and B
     referenced: int = 0
     written: int = 0
     cases: dict[str, dict] = field(default_factory=dict)
@@ -67,7 +68,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
     channel_names = []
     for key, name in zip(keys, names):
         channel_names += [f"{name}_{c}" for c in RGB] if key in colour else [name]
-    conv = Conversion(folder, ending, channel_names)
+    conv = Conversion(folder, ending, channel_names, colour)
     jobs = []
     for case in cases:
         images = []

@@ -64,6 +64,41 @@ class ImageData:
         return tuple(self.array.shape[: self.ndim])
 
 
+@dataclass
+class ImageHeader:
+    """One image file's geometry without its pixels (ITK's (x, y, z) order), as nnU-Net's reader sees it."""
+
+    shape: tuple[int, ...]  # numpy order, like ImageData.shape
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def read_header(path: Path) -> ImageHeader:
+    """Read only the header: checking a folder of large scans costs milliseconds per file, not a read."""
+    if path.stat().st_size == 0:
+        raise ValueError("the file is empty (0 bytes)")
+    if is_planar(path):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            components = 3 if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV") else 1
+            return ImageHeader((image.height, image.width), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0),
+                               components)
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return ImageHeader(tuple(reversed(reader.GetSize())), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                       tuple(reader.GetDirection()), reader.GetNumberOfComponents())
+
+
 def read_image(path: Path) -> ImageData:
     """Read any supported image file; raises an exception with the library's message when it cannot."""
     if path.stat().st_size == 0:

@@ -93,15 +93,15 @@ def dataset_name(dataset_dir: Path, input_root: Path, name: str | None) -> str:
 
 def detect_layout(folder: Path) -> str | None:
     """The layout of ``folder``, or None when it does not look like a dataset."""
-    subdirs = {d.name.lower(): d for d in _subdirs(folder)}
+    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
     if "imagestr" in subdirs and ("labelstr" in subdirs or (folder / "dataset.json").is_file()):
         return "nnunet_raw"
     if any(n in subdirs for n in IMAGE_DIRS) and any(n in subdirs for n in LABEL_DIRS):
         return "paired"
-    files = _image_files(folder)
-    if not files and any(_image_files(d) for d in subdirs.values()):
+    files = list_image_files(folder)
+    if not files and any(list_image_files(d) for d in subdirs.values()):
         return "per_case"
-    if files and any(_is_label_name(stem(f)) for f in files):
+    if files and any(is_label_name(stem(f)) for f in files):
         return "flat"
     return None
 
@@ -131,7 +131,7 @@ def discover(folder: Path, label_pattern: str | None = None, ending: str | None 
 # --- the layouts ---------------------------------------------------------------------------------------
 
 def _discover_nnunet(folder: Path, label_pattern: str | None, ending: str | None) -> Discovery:
-    subdirs = {d.name.lower(): d for d in _subdirs(folder)}
+    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
     dataset_json = None
     if (folder / "dataset.json").is_file():
         try:
@@ -141,28 +141,28 @@ def _discover_nnunet(folder: Path, label_pattern: str | None, ending: str | None
         ending = ending or dataset_json.get("file_ending")
     disc = Discovery(root=folder, layout="nnunet_raw", cases=[], dataset_json=dataset_json)
     images: dict[str, dict[str, Path]] = {}
-    for f in _image_files(subdirs["imagestr"], ending, disc.ignored):
+    for f in list_image_files(subdirs["imagestr"], ending, disc.ignored):
         m = _NNUNET_CHANNEL.match(stem(f))
         if not m:
             disc.problems.append(Problem(DATASET, relative_name(f, folder), "image name lacks the _0000 channel suffix "
                                          "of nnU-Net's raw format", "rename to CASE_0000" + image_ending(f)))
             continue
         images.setdefault(m["case"], {})[m["channel"]] = f
-    labels = {stem(f): f for f in _image_files(subdirs.get("labelstr", folder / "labelsTr"), ending, disc.ignored)}
+    labels = {stem(f): f for f in list_image_files(subdirs.get("labelstr", folder / "labelsTr"), ending, disc.ignored)}
     _pair(disc, images, labels)
     return disc
 
 
 def _discover_paired(folder: Path, label_pattern: str | None, ending: str | None) -> Discovery:
-    subdirs = {d.name.lower(): d for d in _subdirs(folder)}
+    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
     image_dirs = [subdirs[n] for n in IMAGE_DIRS if n in subdirs]
     label_dirs = [subdirs[n] for n in LABEL_DIRS if n in subdirs]
     if len(image_dirs) > 1 or len(label_dirs) > 1:
         raise InputError(f"{folder} has several image or label folders "
                          f"({', '.join(d.name + '/' for d in image_dirs + label_dirs)}): keep one of each.")
     disc = Discovery(root=folder, layout="paired", cases=[])
-    image_files = _image_files(image_dirs[0], ending, disc.ignored)
-    label_files = _image_files(label_dirs[0], ending, disc.ignored)
+    image_files = list_image_files(image_dirs[0], ending, disc.ignored)
+    label_files = list_image_files(label_dirs[0], ending, disc.ignored)
     if label_pattern:
         keep = [f for f in label_files if _matches(f, label_pattern)]
         disc.ignored += [f for f in label_files if f not in keep]
@@ -173,16 +173,16 @@ def _discover_paired(folder: Path, label_pattern: str | None, ending: str | None
 
 def _discover_flat(folder: Path, label_pattern: str | None, ending: str | None) -> Discovery:
     disc = Discovery(root=folder, layout="flat", cases=[])
-    files = _image_files(folder, ending, disc.ignored)
-    is_label = (lambda f: _matches(f, label_pattern)) if label_pattern else (lambda f: _is_label_name(stem(f)))
+    files = list_image_files(folder, ending, disc.ignored)
+    is_label = (lambda f: _matches(f, label_pattern)) if label_pattern else (lambda f: is_label_name(stem(f)))
     _match_by_name(disc, [f for f in files if not is_label(f)], [f for f in files if is_label(f)])
     return disc
 
 
 def _discover_per_case(folder: Path, label_pattern: str | None, ending: str | None) -> Discovery:
     disc = Discovery(root=folder, layout="per_case", cases=[])
-    for case_dir in _subdirs(folder):
-        files = _image_files(case_dir, ending, disc.ignored)
+    for case_dir in list_subdirs(folder):
+        files = list_image_files(case_dir, ending, disc.ignored)
         if not files:
             continue
         aux = [f for f in files if _AUX_MASK.search(stem(f))]
@@ -228,7 +228,7 @@ def _match_by_name(disc: Discovery, image_files: list[Path], label_files: list[P
     images of that case are named like it, with at most a channel part after it (``case_0000``, ``case_t1``)."""
     labels: dict[str, Path] = {}
     for f in label_files:
-        case = _LABEL_SUFFIX.sub("", stem(f)) or stem(f)
+        case = label_case_name(stem(f))
         if case in labels:
             disc.problems.append(Problem(case, relative_name(f, disc.root), f"two label files for one case: "
                                          f"{labels[case].name} and {f.name}", "keep one of them (or pick a "
@@ -340,11 +340,11 @@ def _fmt_keys(keys) -> str:
 
 # --- small helpers ---------------------------------------------------------------------------------------
 
-def _subdirs(folder: Path) -> list[Path]:
+def list_subdirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _image_files(folder: Path, ending: str | None = None, ignored: list[Path] | None = None) -> list[Path]:
+def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path] | None = None) -> list[Path]:
     """Image files directly in ``folder`` (sorted); other files go to ``ignored``."""
     if not folder.is_dir():
         return []
@@ -360,7 +360,17 @@ def _image_files(folder: Path, ending: str | None = None, ignored: list[Path] | 
     return out
 
 
-def _is_label_name(s: str) -> bool:
+def label_case_name(s: str) -> str:
+    """The case a label file names: its stem without a label suffix (``case_seg`` -> ``case``)."""
+    return _LABEL_SUFFIX.sub("", s) or s
+
+
+def is_aux_mask(s: str) -> bool:
+    """A mask beside the images that is not the segmentation target (``brainmask``)."""
+    return bool(_AUX_MASK.search(s))
+
+
+def is_label_name(s: str) -> bool:
     return bool(_LABEL_SUFFIX.search(s)) and not _AUX_MASK.search(s)
 
 

@@ -56,7 +56,7 @@ def scan_file(path: Path, is_label: bool) -> FileInfo:
     try:
         image = read_image(path)
     except Exception as e:  # any reader failure is the user's file, reported, not raised
-        info.error = _reader_message(e)
+        info.error = reader_message(e)
         return info
     info.ndim, info.shape = image.ndim, image.shape
     info.spacing, info.origin, info.direction = image.spacing, image.origin, image.direction
@@ -75,7 +75,8 @@ def scan_file(path: Path, is_label: bool) -> FileInfo:
     return info
 
 
-def _reader_message(e: Exception) -> str:
+def reader_message(e: Exception) -> str:
+    """The useful line of a reader's exception (ITK's carry source paths and stack lines)."""
     text = str(e).strip().splitlines()
     useful = [line.strip() for line in text if line.strip() and not line.startswith(("/", "sitk::"))]
     return (useful[-1] if useful else type(e).__name__)[:200]

@@ -1,0 +1,141 @@
+"""A model bundle as prediction sees it: which channels it wants, which folds it holds, how its labels map
+back to the dataset's own values, and which case predictor runs it.
+
+Everything comes from the bundle's files (``medseg_auto.json`` beside nnU-Net's model folder); no
+environment variables are read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg_auto.errors import InputError
+from medseg_auto.export import CHECKPOINT, MANIFEST
+from medseg_auto.ingest.channels import canonical_name
+
+
+@dataclass(frozen=True)
+class ModelChannel:
+    """One input file per case: its key in the training data's file names and the nnU-Net channels it
+    becomes (three for a colour image split into R, G and B)."""
+
+    key: str
+    names: tuple[str, ...]
+
+    @property
+    def display(self) -> str:
+        if self.key and not self.key.isdigit():
+            return canonical_name(self.key)
+        return self.names[0].rsplit("_", 1)[0] if len(self.names) == 3 else self.names[0]
+
+    @property
+    def colour(self) -> bool:
+        return len(self.names) == 3
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """A label (or region) the model predicts: its name and its nnU-Net values (several for a region)."""
+
+    name: str
+    values: tuple[int, ...]
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    manifest: dict
+    folds: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name") or self.folder.name
+
+    @property
+    def is_2d(self) -> bool:
+        return bool(self.manifest["is_2d"])
+
+    @property
+    def channels(self) -> list[ModelChannel]:
+        record = self.manifest["channels"]
+        keys, names = record["keys"] or [""], record["nnunet_names"]
+        colour = set(record.get("colour", keys if len(names) == 3 * len(keys) else []))
+        out, i = [], 0
+        for key in keys:
+            n = 3 if key in colour else 1
+            out.append(ModelChannel(key, tuple(names[i:i + n])))
+            i += n
+        return out
+
+    @property
+    def classes(self) -> list[LabelClass]:
+        """What metrics and volumes are reported for: the regions of a region model, else each label."""
+        labels = self.manifest["labels"]
+        if labels.get("regions"):
+            return [LabelClass(r["name"], tuple(r["labels"])) for r in labels["regions"]]
+        return [LabelClass(name, (int(v),)) for v, name in sorted(labels["names"].items(), key=lambda kv: int(kv[0]))]
+
+    @property
+    def maps_back(self) -> bool:
+        """False when labels were merged at training: outputs then hold nnU-Net's values 1..N."""
+        return self.manifest["labels"].get("nnunet_to_original") is not None
+
+    def to_original(self, segmentation: np.ndarray) -> np.ndarray:
+        """nnU-Net's label values -> the dataset's own (0/255 masks come back as 0/255), in the smallest
+        unsigned type that holds them."""
+        inverse = self.manifest["labels"].get("nnunet_to_original")
+        if not inverse:
+            return segmentation.astype(_dtype_for(int(segmentation.max(initial=0))))
+        lut = np.zeros(max(int(k) for k in inverse) + 1, dtype=np.int64)
+        for k, v in inverse.items():
+            lut[int(k)] = int(v)
+        return lut[segmentation].astype(_dtype_for(int(lut.max())))
+
+    def to_nnunet(self, reference: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """A reference label map in the dataset's values -> nnU-Net's values; also returns the values found
+        that the model does not know (they count as background)."""
+        mapping = {int(k): int(v) for k, v in self.manifest["labels"]["original_to_nnunet"].items()}
+        values = np.unique(reference)
+        unknown = [int(v) for v in values if int(v) not in mapping or v != int(v)]
+        out = np.zeros(reference.shape, dtype=np.uint16)
+        for v in values:
+            if int(v) in mapping and v == int(v):
+                out[reference == v] = mapping[int(v)]
+        return out, unknown
+
+
+def _dtype_for(max_value: int):
+    return np.uint8 if max_value < 256 else np.uint16 if max_value < 65536 else np.uint32
+
+
+def open_bundle(folder: Path, folds: list[str] | None = None) -> Bundle:
+    """Open ``output_models/NAME`` and choose its folds (all it holds by default); exit 2 with the reason
+    when it is not a complete bundle or a requested fold is missing."""
+    if not folder.is_dir():
+        raise InputError(f"-m {folder}: no such folder. Give a model folder made by exe_train.py "
+                         f"(output_models/NAME).")
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
+        hint = (" It looks like a plain nnU-Net model folder: use nnU-Net's own nnUNetv2_predict_from_modelfolder "
+                "for it." if (folder / "plans.json").is_file() else "")
+        raise InputError(f"-m {folder}: not a medseg_auto model (no {MANIFEST}).{hint}")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except ValueError as e:
+        raise InputError(f"-m {folder}: {MANIFEST} is not valid JSON ({e}); the model folder is damaged.") from None
+    for name in ("plans.json", "dataset.json"):
+        if not (folder / name).is_file():
+            raise InputError(f"-m {folder}: {name} is missing; the model folder is incomplete (copy it again).")
+    held = [str(f) for f in manifest.get("folds", [])]
+    held = [f for f in held if (folder / f"fold_{f}" / CHECKPOINT).is_file()]
+    if not held:
+        raise InputError(f"-m {folder}: no fold_K/{CHECKPOINT} found; the model folder is incomplete.")
+    chosen = held if not folds else ["all" if f in ("all", "full") else str(int(f)) for f in folds]
+    missing = [f for f in chosen if f not in held]
+    if missing:
+        raise InputError(f"--folds {','.join(folds or [])}: the model holds fold(s) {', '.join(held)} only "
+                         f"(missing: {', '.join(missing)}).")
+    return Bundle(folder, manifest, chosen)

@@ -1,0 +1,164 @@
+"""Segment one scan with a bundle: nnU-Net's preprocessing, sliding window and resampling back, unchanged.
+
+A bundle names its *case predictor* (``predictor`` in ``medseg_auto.json``, set from the trainer's
+``case_predictor`` at export); the default is nnU-Net's own sliding window over the bundle's folds
+(Gaussian weighting, mirroring, fold logits averaged). A trainer that needs another inference procedure
+(the cascade) registers its predictor in :data:`PREDICTORS`; nothing else changes.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from medseg_auto.errors import InputError
+from medseg_auto.export import CHECKPOINT
+from medseg_auto.ingest.formats import read_image
+from medseg_auto.ingest.problems import Problem
+from medseg_auto.predict.bundle import Bundle
+from medseg_auto.predict.scans import Scan
+
+# nnU-Net's default step between sliding windows (a fraction of the patch), and the fast mode's.
+DEFAULT_STEP = 0.5
+FAST_STEP = 0.75
+PREDICTORS = {"sliding_window": "medseg_auto.predict.engine:SlidingWindow"}
+
+
+@dataclass
+class Settings:
+    """How to predict: nnU-Net's defaults unless changed (``--fast`` = no mirroring, step 0.75)."""
+
+    mirroring: bool = True
+    step_size: float = DEFAULT_STEP
+    probabilities: bool = False
+
+
+@dataclass
+class ScanImage:
+    """A scan as nnU-Net's predictor takes it: (channels, z, y, x) float32 ((channels, 1, y, x) in 2D), and
+    the spacing in the same axis order (nnU-Net's 999 for the dummy axis of 2D images)."""
+
+    data: np.ndarray
+    spacing: list[float]
+
+
+@dataclass
+class Prediction:
+    segmentation: np.ndarray            # nnU-Net's label values, the scan's own shape (numpy order)
+    probabilities: np.ndarray | None    # (classes, *shape) float, when asked for
+
+
+class CaseError(Exception):
+    """One scan cannot be segmented (found when its pixels are read); the others go on."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.problem)
+        self.problem = problem
+
+
+class CasePredictor(Protocol):
+    def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
+        """Segment one scan; ``progress`` receives fractions of the scan done, summing to 1."""
+
+
+def read_scan(scan: Scan, bundle: Bundle) -> ScanImage:
+    """Read a scan's files as the model's channels (colour split into R, G, B where the model was trained
+    on colour); raises :class:`CaseError` for pixels nnU-Net must not see (NaN, unreadable)."""
+    arrays = []
+    spacing: tuple[float, ...] = ()
+    for f, channel in zip(scan.files, bundle.channels):
+        try:
+            image = read_image(f)
+        except Exception as e:  # the user's file, reported with the case
+            from medseg_auto.ingest.scan import reader_message
+
+            raise CaseError(Problem(scan.name, f.name, f"cannot read the pixels: {reader_message(e)}",
+                                    "re-export or replace the file")) from None
+        array = image.array
+        if image.components > 1 and channel.colour:
+            arrays += [array[..., i] for i in range(3)]
+        elif image.components > 1:  # grey model, colour file: luminance, as Pillow's "L" conversion
+            arrays.append(array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        else:
+            arrays += [array] * (3 if channel.colour else 1)
+        if array.dtype.kind == "f":
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad:
+                raise CaseError(Problem(scan.name, f.name, f"{bad} voxel(s) are NaN or infinite",
+                                        "replace them (e.g. by 0) when exporting the image"))
+        spacing = image.spacing
+    data = np.stack([a.astype(np.float32, copy=False) for a in arrays])
+    nnunet_spacing = [float(s) for s in reversed(spacing)]
+    if bundle.is_2d:
+        return ScanImage(data[:, None], [999.0, *nnunet_spacing])
+    return ScanImage(data, nnunet_spacing)
+
+
+def case_predictor(bundle: Bundle, settings: Settings, device) -> CasePredictor:
+    """The bundle's case predictor, loaded with its weights on ``device``."""
+    name = bundle.manifest.get("predictor", "sliding_window")
+    if name not in PREDICTORS:
+        raise InputError(f"-m {bundle.folder}: the model needs the '{name}' predictor, which this version of "
+                         f"medseg_auto does not have; update medseg_auto (the model was made with version "
+                         f"{bundle.manifest.get('medseg_auto_version', '?')}).")
+    module, cls = PREDICTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(bundle, settings, device)
+
+
+def _progress_predictor_class():
+    """nnU-Net's predictor, telling a callback about each sliding-window step (the progress bar's ticks).
+
+    Built on first use: importing nnU-Net takes seconds and must follow the worker settings."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class ProgressPredictor(nnUNetPredictor):
+        tick: Callable[[int], None] | None = None
+        windows = 1
+
+        def _internal_get_sliding_window_slicers(self, image_size):
+            slicers = super()._internal_get_sliding_window_slicers(image_size)
+            self.windows = len(slicers)
+            return slicers
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            out = super()._internal_maybe_mirror_and_predict(x)
+            if self.tick is not None:
+                self.tick(self.windows)
+            return out
+
+    return ProgressPredictor
+
+
+class SlidingWindow:
+    """nnU-Net's predictor on the bundle's folds: the default for every trainer whose network nnU-Net
+    rebuilds from the plans (the checkpoint names ``nnUNetTrainer``)."""
+
+    def __init__(self, bundle: Bundle, settings: Settings, device):
+        self.settings = settings
+        self.predictor = _progress_predictor_class()(
+            tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=settings.mirroring,
+            perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(str(bundle.folder), use_folds=tuple(bundle.folds),
+                                                            checkpoint_name=CHECKPOINT)
+        self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
+
+    def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        import torch
+
+        p = self.predictor
+        data, _, properties = self.preprocessor.run_case_npy(image.data, None, {"spacing": image.spacing},
+                                                             p.plans_manager, p.configuration_manager,
+                                                             p.dataset_json)
+        passes = len(p.list_of_parameters)
+        p.tick = (lambda windows: progress(1.0 / (windows * passes))) if progress else None
+        logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, p.plans_manager, p.configuration_manager, p.label_manager, properties,
+            return_probabilities=self.settings.probabilities)
+        if self.settings.probabilities:
+            segmentation, probabilities = result
+            return Prediction(np.asarray(segmentation), np.asarray(probabilities))
+        return Prediction(np.asarray(result), None)

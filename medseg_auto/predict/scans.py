@@ -1,0 +1,311 @@
+"""Find the scans to segment and match their files to the model's channels.
+
+``-i`` is one file, or a folder in any layout training accepts, without labels: files side by side
+(``case.nii.gz``, ``case_0000.nii.gz`` + ``case_0001.nii.gz``, ``case_flair.nii.gz`` + ``case_t1c.nii.gz``),
+an ``images/`` or ``imagesTs/`` folder, or one folder per case. Files named like labels (``_seg``,
+``OTMultiClass``) and auxiliary masks (``brainmask``) are left out and listed. Channels are matched to
+the model's by name where the file names carry them, by order where they do not.
+
+Only headers are read here (milliseconds per file); every problem of every scan is collected and
+reported at once before anything is predicted.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medseg_auto.errors import InputError
+from medseg_auto.ingest.channels import channel_keys, same_channel
+from medseg_auto.ingest.checks import DIRECTION_ATOL, ORIGIN_ATOL, SPACING_RTOL
+from medseg_auto.ingest.formats import ImageHeader, image_ending, read_header, stem
+from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, is_aux_mask, is_label_name, label_case_name,
+                                      list_image_files, list_subdirs)
+from medseg_auto.ingest.scan import reader_message
+from medseg_auto.ingest.problems import DATASET, Problem, format_table
+from medseg_auto.predict.bundle import Bundle, ModelChannel
+
+_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_SEP = re.compile(r"[_\-. ]")
+
+
+@dataclass
+class Scan:
+    """One case to segment: its files in the model's channel order, and the first file's header (the
+    geometry and format the output copies)."""
+
+    name: str
+    files: list[Path]
+    header: ImageHeader | None = None
+
+    @property
+    def ending(self) -> str:
+        return image_ending(self.files[0]) or ""
+
+
+@dataclass
+class FoundScans:
+    root: Path
+    scans: list[Scan]
+    ignored: list[Path] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class ScanProblems(InputError):
+    """The scans cannot be segmented as given; the message holds every problem found."""
+
+    def __init__(self, problems: list[Problem], root: Path):
+        self.problems = problems
+        n = len({p.case for p in problems if p.case != DATASET})
+        super().__init__(f"{format_table(problems)}\n\n{len(problems)} problem(s) in {root} ({n} scan(s) "
+                         f"affected). Fix them and rerun; nothing was predicted or written.")
+
+
+def find_scans(path: Path, bundle: Bundle, ending: str | None = None) -> FoundScans:
+    """Discover the scans under ``path`` and check their headers against the model; raises
+    :class:`ScanProblems` (exit 2) listing every problem, or :class:`InputError` when nothing is found."""
+    if not path.exists():
+        raise InputError(f"-i {path}: no such file or folder.")
+    channels = bundle.channels
+    if ending is not None:
+        ending = ending if ending.startswith(".") else "." + ending
+    if path.is_file():
+        if image_ending(path) is None:
+            raise InputError(f"-i {path}: not an image file we read (NIfTI, NRRD, MHA/MHD, PNG, TIF, BMP, JPG).")
+        found = FoundScans(path.parent, [])
+        if len(channels) == 1:
+            found.scans.append(Scan(_single_case_name(path, [path]), [path]))
+        else:
+            raise InputError(f"-i {path}: the model needs {len(channels)} channels per scan "
+                             f"({_names(channels)}); give a folder holding one file per channel, named by "
+                             f"channel (e.g. case_{channels[0].display}{image_ending(path)}).")
+    else:
+        found = _find_in_folder(_image_folder(path), channels, ending)
+    if not found.scans and not found.problems:
+        raise InputError(f"-i {path}: no image files found (looked for NIfTI, NRRD, MHA/MHD and 2D image files"
+                         f"{' ending in ' + ending if ending else ''}).")
+    _check_headers(found, bundle)
+    if found.problems:
+        raise ScanProblems(found.problems, found.root)
+    return found
+
+
+def _image_folder(folder: Path) -> Path:
+    """``images/`` (``imagesTs/`` ...) when the folder holds one beside a label folder or alone."""
+    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
+    image_dirs = [subdirs[n] for n in (*IMAGE_DIRS, "imagests") if n in subdirs]
+    if len(image_dirs) == 1 and not list_image_files(folder):
+        return image_dirs[0]
+    return folder
+
+
+def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | None) -> FoundScans:
+    found = FoundScans(folder, [])
+    files = list_image_files(folder, ending)
+    if files:
+        found.ignored += [f for f in files if _not_a_scan(f)]
+        files = [f for f in files if not _not_a_scan(f)]
+        _group_flat(found, files, channels)
+        return found
+    for case_dir in list_subdirs(folder):
+        if case_dir.name.lower() in LABEL_DIRS:
+            continue
+        case_files = list_image_files(case_dir, ending)
+        found.ignored += [f for f in case_files if _not_a_scan(f)]
+        case_files = [f for f in case_files if not _not_a_scan(f)]
+        if case_files:
+            _assign(found, case_dir.name, case_files, channels, case_dir)
+    return found
+
+
+def _not_a_scan(f: Path) -> bool:
+    return is_label_name(stem(f)) or is_aux_mask(stem(f))
+
+
+def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChannel]) -> None:
+    """Files side by side: one file per scan for a one-channel model, else grouped by the channel part of
+    their names (``_0000``-style numbers or the channel names)."""
+    if len(channels) == 1:
+        for f in files:
+            found.scans.append(Scan(_single_case_name(f, files), [f]))
+        return
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        case = _case_of(stem(f), channels)
+        if case is None:
+            found.problems.append(Problem(stem(f), f.name, f"cannot tell which channel this file is (the model "
+                                          f"needs {_names(channels)})", f"name the files by channel, e.g. "
+                                          f"{stem(f)}_{channels[0].display}{image_ending(f)}, or use one folder "
+                                          f"per scan"))
+            continue
+        groups.setdefault(case, []).append(f)
+    for case, group in sorted(groups.items()):
+        _assign(found, case, group, channels, found.root)
+
+
+def _case_of(s: str, channels: list[ModelChannel]) -> str | None:
+    """The case part of a multi-channel file's stem: the stem without its ``_NNNN`` or channel-name part."""
+    m = _NNUNET_CHANNEL.match(s)
+    if m:
+        return m["case"]
+    tokens = _SEP.split(s)
+    for i, token in enumerate(tokens):
+        if any(_channel_matches(token, c) for c in channels):
+            rest = [t for j, t in enumerate(tokens) if j != i]
+            return "_".join(rest) if rest else None
+    return None
+
+
+def _channel_matches(name: str, channel: ModelChannel) -> bool:
+    candidates = [channel.key, channel.display, *channel.names]
+    return any(c and not c.isdigit() and same_channel(name, c) for c in candidates)
+
+
+def _assign(found: FoundScans, case: str, files: list[Path], channels: list[ModelChannel], where: Path) -> None:
+    """Order one scan's files as the model's channels: by name, else by order when nothing is named."""
+    listing = ", ".join(f.name for f in files)
+    if len(channels) == 1:
+        if len(files) == 1:
+            found.scans.append(Scan(case, files))
+        else:
+            found.problems.append(Problem(case, listing, f"{len(files)} image files where the model takes one "
+                                          f"({channels[0].display})", "keep one image per scan (or pick a file "
+                                          "type with -e)"))
+        return
+    keys = channel_keys([stem(f) for f in files], case)
+    by_name = {}
+    for channel in channels:
+        hits = [f for k, f in zip(keys, files) if _channel_matches(k, channel)]
+        if len(hits) == 1:
+            by_name[channel] = hits[0]
+    if len(by_name) == len(channels) and len(files) == len(channels):
+        found.scans.append(Scan(case, [by_name[c] for c in channels]))
+        return
+    unnamed = all(not k or k.isdigit() for k in keys) or all(not c.key or c.key.isdigit() for c in channels)
+    if unnamed and len(files) == len(channels):
+        found.scans.append(Scan(case, sorted(files, key=lambda f: stem(f))))
+        return
+    missing = [c.display for c in channels if c not in by_name]
+    what = f"{len(files)} file(s) ({listing}) for a model that needs {len(channels)} ({_names(channels)})"
+    if missing and len(files) >= len(channels):
+        what += f"; no file is named for: {', '.join(missing)}"
+    elif missing:
+        what += f"; missing: {', '.join(missing)}"
+    found.problems.append(Problem(case, str(where.name) + "/", what, "give one file per channel, named by "
+                                  "channel as in training (e.g. " + ", ".join(f"{case}_{c.display}" for c in channels)
+                                  + "), or numbered in the model's order (_0000, _0001, ...)"))
+
+
+def _single_case_name(f: Path, files: list[Path]) -> str:
+    """The output name of a one-channel scan: its file name, without nnU-Net's ``_0000`` when every file
+    in the folder carries one."""
+    if all(_NNUNET_CHANNEL.match(stem(g)) for g in files):
+        return _NNUNET_CHANNEL.match(stem(f))["case"]
+    return stem(f)
+
+
+def _check_headers(found: FoundScans, bundle: Bundle) -> None:
+    """Readable, the model's dimensionality, channels on one grid, no duplicate output names."""
+    want = 2 if bundle.is_2d else 3
+    seen: dict[str, Path] = {}
+    for scan in found.scans:
+        headers = []
+        for f, channel in zip(scan.files, bundle.channels):
+            where = _rel(f, found.root)
+            try:
+                header = read_header(f)
+            except Exception as e:  # the user's file: reported, not raised
+                found.problems.append(Problem(scan.name, where, f"cannot read the file: {reader_message(e)}",
+                                              "re-export or replace the file (is it complete, and really this "
+                                              "format?)"))
+                continue
+            if header.ndim != want:
+                kind = "2D image" if header.ndim == 2 else f"{header.ndim}D volume"
+                found.problems.append(Problem(scan.name, where, f"a {kind} (shape {header.shape}) for a model "
+                                              f"trained on {want}D data", f"give {want}D scans like the training "
+                                              f"data"))
+                continue
+            if header.components > 1 and not channel.colour and want == 3:
+                found.problems.append(Problem(scan.name, where, f"{header.components} components per voxel",
+                                              "save one scalar volume per channel"))
+                continue
+            headers.append((f, header))
+        if headers:
+            scan.header = headers[0][1]
+            found.problems += _geometry_problems(scan.name, headers, found.root)
+        key = scan.name.lower()
+        if key in seen:
+            found.problems.append(Problem(scan.name, f"{_rel(seen[key], found.root)}, {_rel(scan.files[0], found.root)}",
+                                          "two scans would write the same output file",
+                                          "rename one of them, or pick one file type with -e"))
+        seen[key] = scan.files[0]
+
+
+def _geometry_problems(case: str, headers: list[tuple[Path, ImageHeader]], root: Path) -> list[Problem]:
+    (f0, ref), out = headers[0], []
+    for f, h in headers[1:]:
+        what = []
+        if h.shape != ref.shape:
+            what.append(f"shape {h.shape} vs {ref.shape}")
+        else:
+            if not np.allclose(h.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
+                what.append("spacing differs")
+            if not np.allclose(h.origin, ref.origin, rtol=0, atol=ORIGIN_ATOL * min(ref.spacing)):
+                what.append("origin differs")
+            if not np.allclose(h.direction, ref.direction, rtol=0, atol=DIRECTION_ATOL):
+                what.append("direction differs")
+        if what:
+            out.append(Problem(case, _rel(f, root), f"not on the grid of {f0.name}: " + "; ".join(what),
+                               "the channels of a scan must share one voxel grid: resample them together"))
+    return out
+
+
+def _names(channels: list[ModelChannel]) -> str:
+    return ", ".join(c.display for c in channels)
+
+
+def _rel(f: Path, root: Path) -> str:
+    try:
+        return str(f.relative_to(root))
+    except ValueError:
+        return str(f)
+
+
+
+def find_references(folder: Path, scans: list[Scan]) -> dict[str, Path]:
+    """Reference label files for ``--labels-dir``, by scan name: files named like the scan (``_seg`` and
+    similar suffixes allowed), side by side or one per case folder. Raises when none matches or when a
+    reference is not on its scan's grid; scans without a reference are simply not scored."""
+    if not folder.is_dir():
+        raise InputError(f"--labels-dir {folder}: no such folder.")
+    candidates: dict[str, Path] = {}
+    for f in list_image_files(folder):
+        candidates.setdefault(label_case_name(stem(f)).lower(), f)
+        candidates.setdefault(stem(f).lower(), f)
+    for case_dir in list_subdirs(folder):
+        labels = [f for f in list_image_files(case_dir) if is_label_name(stem(f)) and not is_aux_mask(stem(f))]
+        if len(labels) == 1:
+            candidates.setdefault(case_dir.name.lower(), labels[0])
+    found = {s.name: candidates[s.name.lower()] for s in scans if s.name.lower() in candidates}
+    if not found:
+        raise InputError(f"--labels-dir {folder}: no reference label named like the scans (e.g. "
+                         f"{scans[0].name}{scans[0].ending} or {scans[0].name}_seg{scans[0].ending}).")
+    problems = []
+    for scan in scans:
+        if scan.name not in found or scan.header is None:
+            continue
+        try:
+            header = read_header(found[scan.name])
+        except Exception as e:  # the user's file: reported, not raised
+            problems.append(Problem(scan.name, found[scan.name].name, f"cannot read the reference: "
+                                    f"{reader_message(e)}", "re-export or replace it"))
+            continue
+        if header.shape != scan.header.shape:
+            problems.append(Problem(scan.name, found[scan.name].name, f"reference shape {header.shape} differs "
+                                    f"from the scan's {scan.header.shape}", "give the reference of this scan, on "
+                                    "its voxel grid"))
+    if problems:
+        raise ScanProblems(problems, folder)
+    return found
