@@ -200,6 +200,7 @@ class _Run:
         card = model_card(self.record, plan, results, trainer_class.__name__, self.clock)
         manifest = {"medseg_auto_version": __version__, "name": self.opts.name,
                     "trainer": trainer_class.__name__, "inference_trainer": trainer_class.inference_trainer_name,
+                    "predictor": trainer_class.case_predictor,
                     "configuration": plan.configuration, "folds": [str(f) for f in self.opts.folds],
                     "channels": self.record["channels"], "labels": self.record["labels"],
                     "file_ending": self.record["file_ending"], "is_2d": self.record["is_2d"]}

@@ -98,3 +98,27 @@ def test_dice_and_hd95_on_shapes_with_known_answers():
     assert math.isnan(hd95(a, np.zeros_like(a), (1, 1, 1)))
     scores = evaluate(a.astype(np.uint8) * 2, b.astype(np.uint8) * 2, [("x", (2,)), ("both", (1, 2))], (1, 1, 1))
     assert scores["x"]["dice"] == pytest.approx(0.8) and scores["both"]["dice"] == pytest.approx(0.8)
+
+
+def test_output_folder_rules(tmp_path):
+    from medseg_auto.predict.outputs import prepare_output
+    from medseg_auto.predict.scans import Scan
+
+    scan_file = _volume(tmp_path / "scans" / "a.nii.gz")
+    scans = [Scan("a", [scan_file])]
+    assert prepare_output(tmp_path / "out", scans, tmp_path / "scans", False) == [(tmp_path / "out" / "a.nii.gz").resolve()]
+    with pytest.raises(InputError, match="must not be the input folder or inside it"):
+        prepare_output(tmp_path / "scans" / "out", scans, tmp_path / "scans", False)
+    # one scan given as a file: an output folder beside it is fine, writing over the scan is not
+    assert prepare_output(tmp_path / "scans" / "out", scans, scan_file, False)
+    with pytest.raises(InputError, match="would overwrite an input scan"):
+        prepare_output(tmp_path / "scans", scans, scan_file, True)
+
+
+def test_several_image_folders_are_refused(tmp_path):
+    _volume(tmp_path / "imagesTr" / "a_0000.nii.gz")
+    _volume(tmp_path / "imagesTs" / "b_0000.nii.gz")
+    with pytest.raises(InputError, match="several image folders"):
+        find_scans(tmp_path, _bundle([""], ["MRI"]))
+    (scan,) = find_scans(tmp_path / "imagesTs", _bundle([""], ["MRI"])).scans
+    assert scan.name == "b"

@@ -7,7 +7,9 @@ A bundle names its *case predictor* (``predictor`` in ``medseg_auto.json``, set 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -137,9 +139,10 @@ class SlidingWindow:
 
     def __init__(self, bundle: Bundle, settings: Settings, device):
         self.settings = settings
-        self.predictor = _progress_predictor_class()(
-            tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=settings.mirroring,
-            perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints a CUDA-only remark on a CPU
+            self.predictor = _progress_predictor_class()(
+                tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=settings.mirroring,
+                perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False)
         self.predictor.initialize_from_trained_model_folder(str(bundle.folder), use_folds=tuple(bundle.folds),
                                                             checkpoint_name=CHECKPOINT)
         self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)

@@ -34,8 +34,8 @@ def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: boo
     """The output files, after refusing (exit 2, nothing written) an output folder that holds results
     (unless ``overwrite``), that is the input folder or inside it, or a name that is an input file."""
     folder = folder.resolve()
-    root = inputs.resolve() if inputs.is_dir() else inputs.resolve().parent
-    if folder == root or root in folder.parents:
+    root = inputs.resolve()
+    if inputs.is_dir() and (folder == root or root in folder.parents):
         raise InputError(f"-o {folder}: the output folder must not be the input folder or inside it (the "
                          f"segmentations would mix with the scans). Choose another -o, e.g. {root.parent / 'predictions'}.")
     outputs = [output_file(folder, s) for s in scans]

@@ -96,9 +96,12 @@ def _image_folder(folder: Path) -> Path:
     """``images/`` (``imagesTs/`` ...) when the folder holds one beside a label folder or alone."""
     subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
     image_dirs = [subdirs[n] for n in (*IMAGE_DIRS, "imagests") if n in subdirs]
-    if len(image_dirs) == 1 and not list_image_files(folder):
-        return image_dirs[0]
-    return folder
+    if list_image_files(folder) or not image_dirs:
+        return folder
+    if len(image_dirs) > 1:
+        raise InputError(f"-i {folder} holds several image folders ({', '.join(d.name + '/' for d in image_dirs)}): "
+                         f"point -i at the one to segment, e.g. -i {image_dirs[-1]}")
+    return image_dirs[0]
 
 
 def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | None) -> FoundScans:

@@ -68,6 +68,7 @@ class _Speed:
 
 class nnUNetTrainerTimeBudget(nnUNetTrainer):
     inference_trainer_name = "nnUNetTrainer"  # same network and inference: bundles load in plain nnU-Net
+    case_predictor = "sliding_window"  # how exe_predict.py runs its bundles (medseg_auto.predict.engine)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Training throughput: iterations and voxels per second through forward and backward, nnU-Net's
+default trainer and settings against ours, on the same plan and preprocessed data.
+
+Each variant runs in a fresh process (its own environment variables and worker processes), one after the
+other: the trainer is built from the plans, its data loaders started, a few iterations run to warm up,
+then ``--iterations`` are timed (data loading included, as in training).
+
+    python3 bench/throughput.py --cases 40 --iterations 20
+
+The first run plans and preprocesses (``exe_train.py --dry-run --keep-work``) into ``--work``. Not a test:
+one run, printed as a table. Keep the machine otherwise idle while it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
+NAME = "throughput"
+CPUS = os.cpu_count() or 1
+
+# name -> (trainer class, environment): nnU-Net as its own command would run it, and our CPU defaults
+VARIANTS = {
+    "nnunet": ("nnUNetTrainer", {}),
+    "ours": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": str(max(1, CPUS // 4))}),
+}
+
+
+def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
+    """In this process: build the variant's trainer, run ``warmup`` then ``iterations`` timed steps."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import torch
+
+    from medseg_auto.plan import PLANS_IDENTIFIER
+    from medseg_auto.workspace import Workspace
+
+    ws = Workspace(work / NAME, NAME)
+    ws.activate()
+    trainer_name, _ = VARIANTS[variant]
+    if variant == "ours":
+        from medseg_auto.device import select_device
+        from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget as cls
+
+        device = select_device("cpu")
+    else:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as cls
+
+        device = torch.device("cpu")
+    pre = ws.preprocessed / ws.nnunet_name
+    plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    trainer = cls(plans, "3d_fullres", 0, dataset_json, device)
+    trainer.on_train_start()
+    trainer.network.train()
+    try:
+        for _ in range(warmup):
+            trainer.train_step(next(trainer.dataloader_train))
+        start = time.perf_counter()
+        for _ in range(iterations):
+            trainer.train_step(next(trainer.dataloader_train))
+        seconds = (time.perf_counter() - start) / iterations
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+    patch = list(trainer.configuration_manager.patch_size)
+    voxels = trainer.batch_size * int(np.prod(patch))
+    return {"variant": variant, "trainer": trainer_name, "batch": trainer.batch_size, "patch": patch,
+            "torch_threads": torch.get_num_threads(),
+            "da_workers": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default"),
+            "seconds_per_iteration": seconds, "iterations_per_second": 1 / seconds,
+            "voxels_per_second": voxels / seconds, "samples_per_second": trainer.batch_size / seconds}
+
+
+def prepare(work: Path, cases: int) -> None:
+    """Link ``cases`` hippocampus cases into an input folder and plan + preprocess them once."""
+    if (work / NAME / "run.json").is_file():
+        return
+    src = DATA / "hippocampus"
+    dest = work / "input_train" / NAME
+    for sub in ("images", "labels"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+        for name in sorted(p.name for p in (src / "images").iterdir())[:cases]:
+            link = dest / sub / name
+            if not link.exists():
+                link.symlink_to((src / sub / name).resolve())
+    subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", NAME, "-l", "anterior,posterior", "-f", "0",
+                    "-t", "60", "--dry-run", "--keep-work", "--input-dir", str(work / "input_train"),
+                    "--work-dir", str(work), "--output-dir", str(work / "output_models")], check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", type=int, default=40, help="hippocampus cases to plan and sample from")
+    p.add_argument("--iterations", type=int, default=20, help="timed iterations per variant")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--work", type=Path, default=Path("/tmp/medseg_throughput"))
+    p.add_argument("--variant", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(measure(args.variant, args.work, args.iterations, args.warmup)))
+        return 0
+    prepare(args.work, args.cases)
+    rows = []
+    for variant, (_, env) in VARIANTS.items():
+        print(f"measuring {variant} ({args.warmup} + {args.iterations} iterations) ...", file=sys.stderr, flush=True)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+        done = subprocess.run([sys.executable, __file__, "--variant", variant, "--work", str(args.work),
+                               "--iterations", str(args.iterations), "--warmup", str(args.warmup)],
+                              capture_output=True, text=True, env=clean | env)
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            return 1
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    import torch
+
+    print(f"\nmachine: {CPUS} CPU cores, torch {torch.__version__}, device cpu; hippocampus 3d_fullres, "
+          f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
+    print("| variant | trainer | batch x patch | torch threads | DA workers | s / iteration | samples / s | voxels / s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['trainer']} | {r['batch']} x {'x'.join(map(str, r['patch']))} | "
+              f"{r['torch_threads']} | {r['da_workers']} | {r['seconds_per_iteration']:.2f} | "
+              f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")
+    base = rows[0]["voxels_per_second"]
+    for r in rows[1:]:
+        print(f"\n{r['variant']}: {r['voxels_per_second'] / base:.2f}x nnU-Net's voxels per second "
+              f"(target >= 1.5x at equal or better Dice per budget: bench/dice_at_budget.py)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
