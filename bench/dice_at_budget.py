@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from heldout import mean_dice  # bench/ is on the path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
 
@@ -115,23 +117,6 @@ def run_plain(work: Path, name: str, seconds: float, tta: bool) -> None:
         "epochs_finished": trainer.current_epoch, "checkpoint": used}))
 
 
-def held_out_dice(predictions: Path, labels: Path, names: dict[str, str]) -> tuple[float, dict[str, float]]:
-    import nibabel
-    import numpy as np
-
-    sys.path.insert(0, str(REPO))
-    from medseg_auto.metrics import dice, nanmean
-
-    per = {n: [] for n in names.values()}
-    for ref in sorted(labels.iterdir()):
-        pred = np.asarray(nibabel.load(predictions / ref.name).dataobj)
-        truth = np.asarray(nibabel.load(ref).dataobj)
-        for value, name in names.items():
-            per[name].append(dice(pred == int(value), truth == int(value)))
-    means = {n: nanmean(v) for n, v in per.items()}
-    return nanmean(means.values()), means
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", type=Path, default=DATA / "hippocampus")
@@ -176,8 +161,8 @@ def main() -> int:
     plain = json.loads((work / "plain.json").read_text())
 
     names = card["labels"]["names"]
-    ours_d, ours_per = held_out_dice(work / "pred_ours", heldout / "labels", names)
-    plain_d, plain_per = held_out_dice(work / "pred_plain", heldout / "labels", names)
+    ours_d, ours_per = mean_dice(work / "pred_ours", heldout / "labels", names)
+    plain_d, plain_per = mean_dice(work / "pred_plain", heldout / "labels", names)
     import torch
 
     print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu; {name}: "

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from heldout import mean_dice  # bench/ is on the path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"default": {"step": 0.5, "mirroring": True}, "fast": {"step": 0.75, "mirroring": False}}
 
@@ -58,24 +60,6 @@ def run_engine(engine: str, setting: str, bundle: Path, scans: Path, out: Path, 
     end = time.perf_counter()
     return {"load": summary.load_seconds, "predict": end - start - summary.load_seconds, "total": end - start,
             "scans": n}
-
-
-def mean_dice(out: Path, labels: Path, names: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """Mean foreground Dice of the files in ``out`` against ``labels`` (matched by the scan's file name)."""
-    import nibabel
-    import numpy as np
-
-    sys.path.insert(0, str(REPO))
-    from medseg_auto.metrics import dice, nanmean
-
-    per_label: dict[str, list[float]] = {n: [] for n in names.values()}
-    for ref in sorted(labels.iterdir()):
-        pred = np.asarray(nibabel.load(out / ref.name).dataobj)
-        truth = np.asarray(nibabel.load(ref).dataobj)
-        for value, name in names.items():
-            per_label[name].append(dice(pred == int(value), truth == int(value)))
-    means = {n: nanmean(v) for n, v in per_label.items()}
-    return nanmean(means.values()), means
 
 
 def agreement(a: Path, b: Path) -> float:

@@ -41,18 +41,24 @@ def is_planar(path: Path | str) -> bool:
 
 
 @dataclass
-class ImageData:
-    """One image file, read: pixels plus geometry in ITK's (x, y, z) order.
+class Geometry:
+    """Where an image's voxels lie, in ITK's (x, y, z) order, and how many components a voxel has."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    components: int
+
+
+@dataclass
+class ImageData(Geometry):
+    """One image file, read: pixels plus geometry.
 
     ``array`` is in numpy order (z, y, x) for volumes and (y, x) for 2D, with a trailing axis when a pixel
     has several components (RGB).
     """
 
-    array: np.ndarray
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-    components: int
+    array: np.ndarray = None
 
     @property
     def ndim(self) -> int:
@@ -65,14 +71,10 @@ class ImageData:
 
 
 @dataclass
-class ImageHeader:
-    """One image file's geometry without its pixels (ITK's (x, y, z) order), as nnU-Net's reader sees it."""
+class ImageHeader(Geometry):
+    """One image file's geometry without its pixels, as nnU-Net's reader sees it."""
 
-    shape: tuple[int, ...]  # numpy order, like ImageData.shape
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-    components: int
+    shape: tuple[int, ...] = ()  # numpy order, like ImageData.shape
 
     @property
     def ndim(self) -> int:
@@ -88,15 +90,15 @@ def read_header(path: Path) -> ImageHeader:
 
         with Image.open(path) as image:
             components = 3 if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV") else 1
-            return ImageHeader((image.height, image.width), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0),
-                               components)
+            return ImageHeader((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), components,
+                               shape=(image.height, image.width))
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return ImageHeader(tuple(reversed(reader.GetSize())), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                       tuple(reader.GetDirection()), reader.GetNumberOfComponents())
+    return ImageHeader(tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()),
+                       reader.GetNumberOfComponents(), shape=tuple(reversed(reader.GetSize())))
 
 
 def read_image(path: Path) -> ImageData:
