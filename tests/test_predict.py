@@ -140,8 +140,11 @@ def test_membrane_2d_model_predicts_png_in_the_original_values(membrane_bundle, 
     (scans / names[0]).write_bytes((src / "images" / names[0]).read_bytes())
     with Image.open(src / "images" / names[1]) as image:
         image.convert("RGB").save(scans / "colour.jpg", quality=95)
-    code, err = _predict(capsys, "-m", membrane_bundle, "-i", scans, "-o", tmp_path / "out")
+    code, err = _predict(capsys, "-m", membrane_bundle, "-i", scans, "-o", tmp_path / "out", "--save-probabilities")
     assert code == 0, err[-3000:]
+    saved = np.load(tmp_path / "out" / "colour_probabilities.npz")
+    assert saved["probabilities"].shape == (2, 160, 160) and list(saved["classes"]) == ["background", "cells"]
+    assert np.allclose(saved["probabilities"].astype(np.float32).sum(axis=0), 1.0, atol=1e-2)
     for out_name in (names[0], "colour.png"):
         with Image.open(tmp_path / "out" / out_name) as out:
             array = np.asarray(out)

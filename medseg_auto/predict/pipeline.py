@@ -145,8 +145,8 @@ class _Run:
             segmentation = segmentation.reshape(scan.header.shape)
         path = write_segmentation(self.bundle.to_original(segmentation), output, scan)
         if prediction.probabilities is not None:
-            write_probabilities(prediction.probabilities, output.parent / f"{scan.name}_probabilities.npz",
-                                [self._class_names()[i] for i in range(len(prediction.probabilities))])
+            probabilities = prediction.probabilities.reshape(-1, *scan.header.shape)  # 2D: no dummy axis
+            write_probabilities(probabilities, output.parent / f"{scan.name}_probabilities.npz", self._class_names())
         self.volumes.append(volume_row(scan.name, path, segmentation, self.bundle.classes, scan.header,
                                        self.bundle.is_2d))
         if scan.name in self.references:
