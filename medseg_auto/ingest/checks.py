@@ -66,22 +66,28 @@ def check_geometry(case: SourceCase, infos: dict, rel) -> list[Problem]:
     ref = infos[readable[0]]
     out = []
     for f in readable[1:]:
-        info = infos[f]
-        what = []
-        if info.shape != ref.shape:
-            what.append(f"shape {info.shape} vs {ref.shape}")
-        elif info.ndim == ref.ndim:
-            if not np.allclose(info.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
-                what.append(f"spacing {_fmt(info.spacing)} vs {_fmt(ref.spacing)}")
-            if not np.allclose(info.origin, ref.origin, rtol=0, atol=ORIGIN_ATOL * min(ref.spacing)):
-                what.append(f"origin {_fmt(info.origin)} vs {_fmt(ref.origin)}")
-            if not np.allclose(info.direction, ref.direction, rtol=0, atol=DIRECTION_ATOL):
-                what.append("direction (orientation) differs")
+        what = geometry_differences(infos[f], ref)
         if what:
             out.append(Problem(case.name, rel(f), f"geometry differs from {rel(readable[0])}: " + "; ".join(what),
                                "the channels and the label must be on the same voxel grid: resample or "
                                "re-export them together (fix the header if only it is wrong)"))
     return out
+
+
+def geometry_differences(image, ref) -> list[str]:
+    """How ``image``'s voxel grid differs from ``ref``'s (anything with shape, ndim, spacing, origin and
+    direction: a FileInfo or an ImageHeader), within the tolerances above; empty when they agree."""
+    if image.shape != ref.shape:
+        return [f"shape {image.shape} vs {ref.shape}"]
+    what = []
+    if image.ndim == ref.ndim:
+        if not np.allclose(image.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
+            what.append(f"spacing {_fmt(image.spacing)} vs {_fmt(ref.spacing)}")
+        if not np.allclose(image.origin, ref.origin, rtol=0, atol=ORIGIN_ATOL * min(ref.spacing)):
+            what.append(f"origin {_fmt(image.origin)} vs {_fmt(ref.origin)}")
+        if not np.allclose(image.direction, ref.direction, rtol=0, atol=DIRECTION_ATOL):
+            what.append("direction (orientation) differs")
+    return what
 
 
 def check_consistency(cases: list[SourceCase], infos: dict, rel) -> list[Problem]:

@@ -36,7 +36,7 @@ _WEAK_LABEL = re.compile(rf"(^|{_SEP})(mask|masks)({_SEP}|$)", re.IGNORECASE)
 # Masks that sit beside images but are not the segmentation target (BraTS ships a brain mask).
 _AUX_MASK = re.compile(r"(brain|skull|body|head|roi|fov|lung|tissue)[_\-. ]?mask", re.IGNORECASE)
 _LABEL_SUFFIX = re.compile(rf"{_SEP}{_LABEL_WORD}$|{_SEP}(mask|masks)$", re.IGNORECASE)
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _discover_nnunet(folder: Path, label_pattern: str | None, ending: str | None
     disc = Discovery(root=folder, layout="nnunet_raw", cases=[], dataset_json=dataset_json)
     images: dict[str, dict[str, Path]] = {}
     for f in list_image_files(subdirs["imagestr"], ending, disc.ignored):
-        m = _NNUNET_CHANNEL.match(stem(f))
+        m = NNUNET_CHANNEL.match(stem(f))
         if not m:
             disc.problems.append(Problem(DATASET, relative_name(f, folder), "image name lacks the _0000 channel suffix "
                                          "of nnU-Net's raw format", "rename to CASE_0000" + image_ending(f)))

@@ -51,10 +51,6 @@ class Bundle:
     folds: list[str]
 
     @property
-    def name(self) -> str:
-        return self.manifest.get("name") or self.folder.name
-
-    @property
     def is_2d(self) -> bool:
         return bool(self.manifest["is_2d"])
 
@@ -77,11 +73,6 @@ class Bundle:
         if labels.get("regions"):
             return [LabelClass(r["name"], tuple(r["labels"])) for r in labels["regions"]]
         return [LabelClass(name, (int(v),)) for v, name in sorted(labels["names"].items(), key=lambda kv: int(kv[0]))]
-
-    @property
-    def maps_back(self) -> bool:
-        """False when labels were merged at training: outputs then hold nnU-Net's values 1..N."""
-        return self.manifest["labels"].get("nnunet_to_original") is not None
 
     def to_original(self, segmentation: np.ndarray) -> np.ndarray:
         """nnU-Net's label values -> the dataset's own (0/255 masks come back as 0/255), in the smallest

@@ -15,19 +15,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import channel_keys, same_channel
-from medseg_auto.ingest.checks import DIRECTION_ATOL, ORIGIN_ATOL, SPACING_RTOL
+from medseg_auto.ingest.checks import geometry_differences
 from medseg_auto.ingest.formats import ImageHeader, image_ending, read_header, stem
-from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, is_aux_mask, is_label_name, label_case_name,
-                                      list_image_files, list_subdirs)
+from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, NNUNET_CHANNEL, is_aux_mask, is_label_name,
+                                      label_case_name, list_image_files, list_subdirs, relative_name)
 from medseg_auto.ingest.scan import reader_message
 from medseg_auto.ingest.problems import DATASET, Problem, format_table
 from medseg_auto.predict.bundle import Bundle, ModelChannel
 
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _SEP = re.compile(r"[_\-. ]")
 
 
@@ -150,7 +147,7 @@ def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChanne
 
 def _case_of(s: str, channels: list[ModelChannel]) -> str | None:
     """The case part of a multi-channel file's stem: the stem without its ``_NNNN`` or channel-name part."""
-    m = _NNUNET_CHANNEL.match(s)
+    m = NNUNET_CHANNEL.match(s)
     if m:
         return m["case"]
     tokens = _SEP.split(s)
@@ -204,8 +201,8 @@ def _assign(found: FoundScans, case: str, files: list[Path], channels: list[Mode
 def _single_case_name(f: Path, files: list[Path]) -> str:
     """The output name of a one-channel scan: its file name, without nnU-Net's ``_0000`` when every file
     in the folder carries one."""
-    if all(_NNUNET_CHANNEL.match(stem(g)) for g in files):
-        return _NNUNET_CHANNEL.match(stem(f))["case"]
+    if all(NNUNET_CHANNEL.match(stem(g)) for g in files):
+        return NNUNET_CHANNEL.match(stem(f))["case"]
     return stem(f)
 
 
@@ -216,7 +213,7 @@ def _check_headers(found: FoundScans, bundle: Bundle) -> None:
     for scan in found.scans:
         headers = []
         for f, channel in zip(scan.files, bundle.channels):
-            where = _rel(f, found.root)
+            where = relative_name(f, found.root)
             try:
                 header = read_header(f)
             except Exception as e:  # the user's file: reported, not raised
@@ -240,7 +237,8 @@ def _check_headers(found: FoundScans, bundle: Bundle) -> None:
             found.problems += _geometry_problems(scan.name, headers, found.root)
         key = scan.name.lower()
         if key in seen:
-            found.problems.append(Problem(scan.name, f"{_rel(seen[key], found.root)}, {_rel(scan.files[0], found.root)}",
+            both = f"{relative_name(seen[key], found.root)}, {relative_name(scan.files[0], found.root)}"
+            found.problems.append(Problem(scan.name, both,
                                           "two scans would write the same output file",
                                           "rename one of them, or pick one file type with -e"))
         seen[key] = scan.files[0]
@@ -249,18 +247,9 @@ def _check_headers(found: FoundScans, bundle: Bundle) -> None:
 def _geometry_problems(case: str, headers: list[tuple[Path, ImageHeader]], root: Path) -> list[Problem]:
     (f0, ref), out = headers[0], []
     for f, h in headers[1:]:
-        what = []
-        if h.shape != ref.shape:
-            what.append(f"shape {h.shape} vs {ref.shape}")
-        else:
-            if not np.allclose(h.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
-                what.append("spacing differs")
-            if not np.allclose(h.origin, ref.origin, rtol=0, atol=ORIGIN_ATOL * min(ref.spacing)):
-                what.append("origin differs")
-            if not np.allclose(h.direction, ref.direction, rtol=0, atol=DIRECTION_ATOL):
-                what.append("direction differs")
+        what = geometry_differences(h, ref)
         if what:
-            out.append(Problem(case, _rel(f, root), f"not on the grid of {f0.name}: " + "; ".join(what),
+            out.append(Problem(case, relative_name(f, root), f"not on the grid of {f0.name}: " + "; ".join(what),
                                "the channels of a scan must share one voxel grid: resample them together"))
     return out
 
@@ -268,12 +257,6 @@ def _geometry_problems(case: str, headers: list[tuple[Path, ImageHeader]], root:
 def _names(channels: list[ModelChannel]) -> str:
     return ", ".join(c.display for c in channels)
 
-
-def _rel(f: Path, root: Path) -> str:
-    try:
-        return str(f.relative_to(root))
-    except ValueError:
-        return str(f)
 
 
 
