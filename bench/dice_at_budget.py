@@ -11,7 +11,8 @@ For one dataset, budget and fold 0, one after the other on the same split:
   weights at the stop) predicts the same held-out cases with its own predictor.
 
 Held-out cases (the last ``--heldout`` of the sorted cases) are never seen by either training. Both
-predict with the same settings (no mirroring unless ``--tta``). Prints one table.
+predict them twice with the same settings: without mirroring, and with it (both predictors' default).
+Prints one table.
 
     nohup python3 bench/dice_at_budget.py --minutes 15 > dice15.log 2>&1 &
 
@@ -50,7 +51,7 @@ def split_cases(dataset: Path, work: Path, heldout: int, train_cases: int | None
     return work / "input_train" / dataset.name, work / "heldout"
 
 
-def run_plain(work: Path, name: str, seconds: float, tta: bool) -> None:
+def run_plain(work: Path, name: str, seconds: float) -> None:
     """In this process: nnU-Net's default trainer on our run's preprocessed data, stopped after
     ``seconds``; then its own predictor on the held-out scans. Writes ``plain.json``."""
     sys.path.insert(0, str(REPO))
@@ -100,18 +101,19 @@ def run_plain(work: Path, name: str, seconds: float, tta: bool) -> None:
     checkpoint = torch.load(best, map_location="cpu", weights_only=False)
     checkpoint["trainer_name"] = "nnUNetTrainer"  # the same class as far as inference is concerned
     torch.save(checkpoint, best)
-    predictor = nnUNetPredictor(use_mirroring=tta, device=torch.device("cpu"), perform_everything_on_device=False,
-                                allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder.parent), use_folds=(0,),
-                                                   checkpoint_name="checkpoint_best.pth")
     named = work / "heldout_nnunet_named"
     named.mkdir(exist_ok=True)
     for f in sorted((work / "heldout" / "images").iterdir()):
         link = named / f.name.replace(".nii.gz", "_0000.nii.gz")
         if not link.exists():
             link.symlink_to(f.resolve())
-    predictor.predict_from_files(str(named), str(work / "pred_plain"), overwrite=True,
-                                 num_processes_preprocessing=2, num_processes_segmentation_export=2)
+    for mirroring, out in ((False, "pred_plain"), (True, "pred_plain_tta")):
+        predictor = nnUNetPredictor(use_mirroring=mirroring, device=torch.device("cpu"),
+                                    perform_everything_on_device=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(folder.parent), use_folds=(0,),
+                                                       checkpoint_name="checkpoint_best.pth")
+        predictor.predict_from_files(str(named), str(work / out), overwrite=True,
+                                     num_processes_preprocessing=2, num_processes_segmentation_export=2)
     (work / "plain.json").write_text(json.dumps({
         "seconds": trained, "iterations": trainer.iterations, "batch_size": trainer.batch_size,
         "epochs_finished": trainer.current_epoch, "checkpoint": used}))
@@ -124,14 +126,13 @@ def main() -> int:
     p.add_argument("--minutes", type=float, required=True, help="the whole-run budget (-t)")
     p.add_argument("--heldout", type=int, default=40)
     p.add_argument("--train-cases", type=int, default=None, help="at most this many training cases")
-    p.add_argument("--tta", action="store_true", help="predict with mirroring (both engines)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--plain-seconds", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     name = args.dataset.name
     work = args.work or Path(f"/tmp/dice_at_budget_{name}_{args.minutes:g}")
     if args.plain_seconds:
-        run_plain(work, name, args.plain_seconds, args.tta)
+        run_plain(work, name, args.plain_seconds)
         return 0
     if (work / "work").exists() or (work / "output_models").exists():
         print(f"{work} holds an earlier run: remove it or pass another --work", file=sys.stderr)
@@ -146,9 +147,9 @@ def main() -> int:
                     str(work / "work"), "--output-dir", str(work / "output_models")], check=True, env=clean)
     ours_wall = time.monotonic() - start
     bundle = work / "output_models" / name
-    subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i", str(heldout / "images"),
-                    "-o", str(work / "pred_ours"), "--quiet"] + ([] if args.tta else ["--no-tta"]),
-                   check=True, env=clean)
+    for flags, out in ((["--no-tta"], "pred_ours"), ([], "pred_ours_tta")):
+        subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
+                        str(heldout / "images"), "-o", str(work / out), "--quiet"] + flags, check=True, env=clean)
     card = json.loads((bundle / "model_card.json").read_text())
     fold = card["folds"]["0"]
 
@@ -156,28 +157,30 @@ def main() -> int:
     # a fresh results folder for it: ours stays where the bundle came from
     shutil.rmtree(work / "work" / name / "nnUNet_results", ignore_errors=True)
     subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--minutes", f"{args.minutes:g}",
-                    "--work", str(work), "--plain-seconds", str(fold["seconds"])] + (["--tta"] if args.tta else []),
-                   check=True, env=clean)
+                    "--work", str(work), "--plain-seconds", str(fold["seconds"])], check=True, env=clean)
     plain = json.loads((work / "plain.json").read_text())
 
     names = card["labels"]["names"]
-    ours_d, ours_per = mean_dice(work / "pred_ours", heldout / "labels", names)
-    plain_d, plain_per = mean_dice(work / "pred_plain", heldout / "labels", names)
+    dice = {(engine, tta): mean_dice(work / f"pred_{engine}{'_tta' if tta else ''}", heldout / "labels", names)
+            for engine in ("ours", "plain") for tta in (False, True)}
     import torch
 
     print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu; {name}: "
-          f"{card['training_cases']} training cases (fold 0 of nnU-Net's split), {args.heldout} held-out cases, "
-          f"predicted {'with' if args.tta else 'without'} mirroring\n")
-    print("| | budget | wall time | training time | iterations x batch | samples seen | mean Dice | per label |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| medseg_auto | {args.minutes:g} min | {ours_wall / 60:.1f} min (whole run) | {fold['seconds'] / 60:.1f} min | "
-          f"{fold['iterations']} x {fold['batch_size']} | {fold['iterations'] * fold['batch_size']} | {ours_d:.4f} | "
-          + ", ".join(f"{k} {v:.4f}" for k, v in ours_per.items()) + " |")
-    print(f"| plain nnU-Net | same time | - | {plain['seconds'] / 60:.1f} min | {plain['iterations']} x "
-          f"{plain['batch_size']} | {plain['iterations'] * plain['batch_size']} | {plain_d:.4f} | "
-          + ", ".join(f"{k} {v:.4f}" for k, v in plain_per.items()) + f" ({plain['checkpoint']}, "
-          f"{plain['epochs_finished']} epoch(s) finished) |")
-    print(f"\ndifference (ours - plain): {ours_d - plain_d:+.4f} mean foreground Dice")
+          f"{card['training_cases']} training cases (fold 0 of nnU-Net's split), {args.heldout} held-out cases\n")
+    print("| | budget | wall time | training time | iterations x batch | samples seen | mean Dice, no mirroring "
+          "| mean Dice, mirrored | per label (mirrored) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = (("medseg_auto", "ours", f"{args.minutes:g} min", f"{ours_wall / 60:.1f} min (whole run)", fold["seconds"],
+             fold["iterations"], fold["batch_size"], ""),
+            ("plain nnU-Net", "plain", "same time", "-", plain["seconds"], plain["iterations"], plain["batch_size"],
+             f" ({plain['checkpoint']}, {plain['epochs_finished']} epoch(s) finished)"))
+    for label, engine, budget, wall, seconds, iterations, batch, extra in rows:
+        fast, (tta, per) = dice[engine, False][0], dice[engine, True]
+        print(f"| {label} | {budget} | {wall} | {seconds / 60:.1f} min | {iterations} x {batch} | {iterations * batch} "
+              f"| {fast:.4f} | {tta:.4f} | " + ", ".join(f"{k} {v:.4f}" for k, v in per.items()) + f"{extra} |")
+    for tta in (False, True):
+        print(f"difference (ours - plain), {'mirrored' if tta else 'no mirroring'}: "
+              f"{dice['ours', tta][0] - dice['plain', tta][0]:+.4f} mean foreground Dice")
     return 0
 
 

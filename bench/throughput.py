@@ -26,10 +26,22 @@ DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
 NAME = "throughput"
 CPUS = os.cpu_count() or 1
 
-# name -> (trainer class, environment): nnU-Net as its own command would run it, and our CPU defaults
+# name -> (trainer class, environment, knobs): nnU-Net as its own command would run it, our CPU defaults,
+# and the probes that chose those defaults (``--probes``). Knobs: batch (int), threads (torch threads),
+# compile (torch.compile of the network and the Dice loss, as nnU-Net does on a GPU).
+OURS_ENV = {"nnUNet_n_proc_DA": str(max(1, CPUS // 4))}
 VARIANTS = {
-    "nnunet": ("nnUNetTrainer", {}),
-    "ours": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": str(max(1, CPUS // 4))}),
+    "nnunet": ("nnUNetTrainer", {}, {}),
+    "ours": ("nnUNetTrainerTimeBudget", OURS_ENV, {}),
+}
+PROBES = {
+    "ours batch 1": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 1}),
+    "ours batch 3": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 3}),
+    "ours batch 4": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 4}),
+    "ours DA in main process": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": "0"}, {}),
+    "ours DA 2 workers": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": "2"}, {}),
+    "ours 1 torch thread": ("nnUNetTrainerTimeBudget", OURS_ENV, {"threads": 1}),
+    "ours torch.compile": ("nnUNetTrainerTimeBudget", OURS_ENV, {"compile": True}),
 }
 
 
@@ -44,16 +56,27 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
 
     ws = Workspace(work / NAME, NAME)
     ws.activate()
-    trainer_name, _ = VARIANTS[variant]
-    if variant == "ours":
+    trainer_name, _, knobs = (VARIANTS | PROBES)[variant]
+    if trainer_name == "nnUNetTrainerTimeBudget":
         from medseg_auto.device import select_device
-        from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget as cls
+        from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget as base
 
         device = select_device("cpu")
     else:
-        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as cls
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as base
 
         device = torch.device("cpu")
+    if "threads" in knobs:
+        torch.set_num_threads(knobs["threads"])
+
+    class cls(base):
+        def _set_batch_size_and_oversample(self):
+            super()._set_batch_size_and_oversample()
+            self.batch_size = knobs.get("batch", self.batch_size)
+
+        def _do_i_compile(self):
+            return knobs.get("compile", False) or super()._do_i_compile()
+
     pre = ws.preprocessed / ws.nnunet_name
     plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
     dataset_json = json.loads((pre / "dataset.json").read_text())
@@ -61,12 +84,18 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     trainer.on_train_start()
     trainer.network.train()
     try:
+        start = time.perf_counter()
         for _ in range(warmup):
             trainer.train_step(next(trainer.dataloader_train))
+        warmup_seconds = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(iterations):
             trainer.train_step(next(trainer.dataloader_train))
         seconds = (time.perf_counter() - start) / iterations
+        trainer.network.eval()
+        start = time.perf_counter()
+        trainer.validation_step(next(trainer.dataloader_val))
+        first_validation = time.perf_counter() - start
     finally:
         for loader in (trainer.dataloader_train, trainer.dataloader_val):
             if hasattr(loader, "_finish"):
@@ -76,7 +105,8 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     return {"variant": variant, "trainer": trainer_name, "batch": trainer.batch_size, "patch": patch,
             "torch_threads": torch.get_num_threads(),
             "da_workers": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default"),
-            "seconds_per_iteration": seconds, "iterations_per_second": 1 / seconds,
+            "compiled": hasattr(trainer.network, "_orig_mod"), "warmup_seconds": warmup_seconds,
+            "first_validation_seconds": first_validation, "seconds_per_iteration": seconds, "iterations_per_second": 1 / seconds,
             "voxels_per_second": voxels / seconds, "samples_per_second": trainer.batch_size / seconds}
 
 
@@ -103,14 +133,15 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=20, help="timed iterations per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--work", type=Path, default=Path("/tmp/medseg_throughput"))
-    p.add_argument("--variant", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
+    p.add_argument("--probes", action="store_true", help="also measure the alternatives to our defaults")
+    p.add_argument("--variant", choices=tuple(VARIANTS | PROBES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
         print(json.dumps(measure(args.variant, args.work, args.iterations, args.warmup)))
         return 0
     prepare(args.work, args.cases)
     rows = []
-    for variant, (_, env) in VARIANTS.items():
+    for variant, (_, env, _) in (VARIANTS | (PROBES if args.probes else {})).items():
         print(f"measuring {variant} ({args.warmup} + {args.iterations} iterations) ...", file=sys.stderr, flush=True)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
         done = subprocess.run([sys.executable, __file__, "--variant", variant, "--work", str(args.work),
@@ -125,11 +156,13 @@ def main() -> int:
 
     print(f"\nmachine: {CPUS} CPU cores, torch {torch.__version__}, device cpu; hippocampus 3d_fullres, "
           f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
-    print("| variant | trainer | batch x patch | torch threads | DA workers | s / iteration | samples / s | voxels / s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | trainer | batch x patch | torch threads | DA workers | compiled | warm-up s | first val. step s "
+          "| s / iteration | samples / s | voxels / s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['trainer']} | {r['batch']} x {'x'.join(map(str, r['patch']))} | "
-              f"{r['torch_threads']} | {r['da_workers']} | {r['seconds_per_iteration']:.2f} | "
+              f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | {r['warmup_seconds']:.0f} | "
+              f"{r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | "
               f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")
     base = rows[0]["voxels_per_second"]
     for r in rows[1:]:

@@ -29,11 +29,18 @@ class PlanResult:
 
     @property
     def patch_size(self) -> list[int]:
-        return self.plans["configurations"][self.configuration]["patch_size"]
+        return self.setting("patch_size")
 
     @property
     def batch_size(self) -> int:
-        return self.plans["configurations"][self.configuration]["batch_size"]
+        return self.setting("batch_size")
+
+    def setting(self, key: str):
+        """A configuration's setting, through ``inherits_from`` (a trainer's configuration extends nnU-Net's)."""
+        config = self.plans["configurations"][self.configuration]
+        while key not in config and "inherits_from" in config:
+            config = self.plans["configurations"][config["inherits_from"]]
+        return config[key]
 
 
 def choose_configuration(requested: str, is_2d: bool, plans: dict) -> str:

@@ -86,6 +86,7 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
         "configuration": plan.configuration,
         "patch_size": plan.patch_size,
         "planned_batch_size": plan.batch_size,
+        "network": network_description(plan, record["channels"]["nnunet_names"]),
         "channels": record["channels"]["nnunet_names"],
         "labels": record["labels"],
         "training_cases": len(record["cases"]),
@@ -99,6 +100,17 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
         "versions": {"medseg_auto": _version("medseg_auto"), "nnunetv2": _version("nnunetv2"),
                      "torch": _version("torch"), "python": platform.python_version()},
     }
+
+
+def network_description(plan, channels: list[str]) -> dict:
+    """The network class the plans name, and a dual-branch network's channel groups by name."""
+    arch = plan.setting("architecture")
+    desc = {"class": arch["network_class_name"]}
+    kwargs = arch["arch_kwargs"]
+    if "branches" in kwargs:
+        desc["branches"] = [[channels[i] for i in group] for group in kwargs["branches"]]
+        desc["fuse_stage"] = kwargs["fuse_stage"]
+    return desc
 
 
 def model_card_readme(card: dict) -> str:
@@ -121,7 +133,7 @@ def model_card_readme(card: dict) -> str:
         f"- Channels: {', '.join(card['channels'])}. Labels: {label_text}.",
         f"- nnU-Net configuration {card['configuration']}, patch {'x'.join(map(str, card['patch_size'][::-1]))} "
         f"voxels (x, y, z), "
-        f"trainer {card['trainer']}.",
+        f"trainer {card['trainer']}" + _branches_text(card.get("network", {})) + ".",
         f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min.",
         f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
         "",
@@ -135,6 +147,13 @@ def model_card_readme(card: dict) -> str:
         "when the trainer is nnU-Net-compatible (see medseg_auto.json).",
         "",
     ])
+
+
+def _branches_text(network: dict) -> str:
+    if "branches" not in network:
+        return ""
+    groups = " | ".join(", ".join(g) for g in network["branches"])
+    return f" (branches {groups}, fused after stage {network['fuse_stage']})"
 
 
 def _version(package: str) -> str:

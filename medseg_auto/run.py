@@ -51,11 +51,12 @@ class RunOptions:
     pretrained: Path | None = None           # a bundle to fine-tune from
     advise_budget: bool = True               # warn when folds get little time (off for --example)
     settings: dict = field(default_factory=dict)  # trainer settings (FoldBudget fields) from the CLI
+    trainer_options: dict = field(default_factory=dict)  # for the trainer's plans (dual-branch: branches, fuse_stage)
 
     def identity(self) -> dict:
         """What must match for a rerun to continue an interrupted run (the budget may change)."""
         return {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
-                "trainer": self.trainer, "settings": self.settings,
+                "trainer": self.trainer, "settings": self.settings, "trainer_options": self.trainer_options,
                 "pretrained": str(self.pretrained) if self.pretrained else None}
 
 
@@ -123,6 +124,7 @@ class _Run:
         from medseg_auto.device import select_device
         from medseg_auto.plan import plan_and_preprocess
         from medseg_auto.train import configure_nnunet_processes
+        from medseg_auto.trainers import trainer_class as get_trainer
 
         device = select_device(self.opts.device)
         configure_nnunet_processes(device.type)
@@ -135,6 +137,8 @@ class _Run:
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
                                    processes=os.cpu_count() or 1, pretrained=self.pretrained)
+        plan.configuration = get_trainer(self.opts.trainer).adapt_plans(
+            plan.plans, plan.configuration, self.record["channels"]["nnunet_names"], self.opts.trainer_options)
         self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
                                "planned_batch_size": plan.batch_size, "seconds": plan.seconds}
         self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)

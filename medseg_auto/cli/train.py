@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default "
                    "auto: CUDA if available)")
     p.add_argument("--trainer", default="default", choices=TRAINER_NAMES, help="trainer (default: nnU-Net's, "
-                   "trained for the time budget)")
+                   "trained for the time budget; dualbranch: one encoder per group of channels, fused deeper)")
+    p.add_argument("--branches", metavar="GROUPS", help="dualbranch: the channels of each branch by name, groups "
+                   "separated by '|' (e.g. \"T1c|FLAIR\" or \"T1,T1c|T2,FLAIR\"; default: first half | rest)")
+    p.add_argument("--fuse-stage", type=int, metavar="K", help="dualbranch: resolution stages encoded per branch "
+                   "before the shared deeper stages (default: half of nnU-Net's planned stages)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run of this dataset (rerunning "
                    "the same command does this too); an error if there is none")
     p.add_argument("--restart", action="store_true", help="discard an unfinished run of this dataset and start over")
@@ -121,6 +125,11 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         raise InputError(f"-t {args.minutes:g}: the budget must be a positive number of minutes")
     if not 0.0 < args.decay_fraction <= 1.0:
         raise InputError(f"--decay-fraction {args.decay_fraction:g}: use a share of the time in (0, 1]")
+    trainer_options = {k: v for k, v in (("branches", args.branches), ("fuse_stage", args.fuse_stage))
+                       if v is not None}
+    if trainer_options and args.trainer != "dualbranch":
+        flags = " and ".join("--" + k.replace("_", "-") for k in trainer_options)
+        raise InputError(f"{flags}: only for --trainer dualbranch")
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -140,7 +149,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         dry_run=args.dry_run, check_only=args.check, resume=args.resume, restart=args.restart, keep_work=args.keep_work,
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
         pretrained=args.pretrained.resolve() if args.pretrained else None, advise_budget=not args.example,
-        settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction})
+        settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import importlib
 
-_TRAINERS = {"default": "medseg_auto.trainers.time_budget:nnUNetTrainerTimeBudget"}
+_TRAINERS = {"default": "medseg_auto.trainers.time_budget:nnUNetTrainerTimeBudget",
+             "dualbranch": "medseg_auto.trainers.dual_branch:nnUNetTrainerDualBranch"}
 TRAINER_NAMES = tuple(_TRAINERS)
 
 

@@ -89,6 +89,12 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         self._val_windows: int | None = None
         self._reserve: float | None = None  # seconds kept for the final validation, updated every epoch
 
+    @classmethod
+    def adapt_plans(cls, plans: dict, configuration: str, channels: list[str], options: dict) -> str:
+        """The configuration this trainer trains, given nnU-Net's plans, the dataset's channel names and the
+        run's trainer options; a variant may add its own configuration to ``plans`` (in place)."""
+        return configuration
+
     # -- the clock ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.budget.spent + time.monotonic() - self._t0
@@ -128,14 +134,14 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             if left <= 0:
                 raise _TimeUp
         else:
-            per_iter = s.train_iter + (s.val_iter or 0.0) / 5
+            per_iter = s.train_iter + (s.val_iter or 0.0) / 10
             target = min(self.budget.max_epoch_seconds, max(10.0, self.training_seconds() / 20))
             fits = int((left - s.overhead) / per_iter)
             n = min(int(target / per_iter), fits, 250)
             if n < 1:
                 raise _TimeUp
             self.num_iterations_per_epoch = n
-            self.num_val_iterations_per_epoch = max(1, round(n / 5))
+            self.num_val_iterations_per_epoch = max(1, round(n / 10))  # only the pseudo-Dice shown per epoch
         super().on_epoch_start()
 
     def on_train_epoch_start(self):
