@@ -16,7 +16,8 @@ Prints one table.
 
     nohup python3 bench/dice_at_budget.py --minutes 15 > dice15.log 2>&1 &
 
-Not a test; runs take about twice the budget plus prediction. Keep the machine otherwise idle.
+Not a test; runs take about twice the budget plus prediction. Keep the machine otherwise idle. With
+``--ours-only`` it stops after our half; the same command run again later adds plain nnU-Net's half.
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ def main() -> int:
     p.add_argument("--heldout", type=int, default=40)
     p.add_argument("--train-cases", type=int, default=None, help="at most this many training cases")
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument("--ours-only", action="store_true", help="stop after our half (a rerun adds nnU-Net's)")
     p.add_argument("--plain-seconds", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     name = args.dataset.name
@@ -134,22 +136,35 @@ def main() -> int:
     if args.plain_seconds:
         run_plain(work, name, args.plain_seconds)
         return 0
-    if (work / "work").exists() or (work / "output_models").exists():
-        print(f"{work} holds an earlier run: remove it or pass another --work", file=sys.stderr)
-        return 2
     clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    _, heldout = split_cases(args.dataset, work, args.heldout, args.train_cases)
-
-    print(f"[ours] exe_train.py -t {args.minutes:g} -f 0", file=sys.stderr, flush=True)
-    start = time.monotonic()
-    subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", name, "-l", args.labels, "-f", "0", "-t",
-                    f"{args.minutes:g}", "--keep-work", "--input-dir", str(work / "input_train"), "--work-dir",
-                    str(work / "work"), "--output-dir", str(work / "output_models")], check=True, env=clean)
-    ours_wall = time.monotonic() - start
     bundle = work / "output_models" / name
-    for flags, out in ((["--no-tta"], "pred_ours"), ([], "pred_ours_tta")):
-        subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
-                        str(heldout / "images"), "-o", str(work / out), "--quiet"] + flags, check=True, env=clean)
+    ours_file = work / "ours.json"
+    if ours_file.is_file():  # our half is done (an earlier invocation): run plain nnU-Net's half only
+        print(f"[ours] reusing the finished run in {work}", file=sys.stderr, flush=True)
+        heldout = work / "heldout"
+        ours_wall = json.loads(ours_file.read_text())["wall"]
+    elif (work / "work").exists() or (work / "output_models").exists():
+        print(f"{work} holds an unfinished earlier run: remove it or pass another --work", file=sys.stderr)
+        return 2
+    else:
+        _, heldout = split_cases(args.dataset, work, args.heldout, args.train_cases)
+        print(f"[ours] exe_train.py -t {args.minutes:g} -f 0", file=sys.stderr, flush=True)
+        start = time.monotonic()
+        subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", name, "-l", args.labels, "-f", "0", "-t",
+                        f"{args.minutes:g}", "--keep-work", "--input-dir", str(work / "input_train"), "--work-dir",
+                        str(work / "work"), "--output-dir", str(work / "output_models")], check=True, env=clean)
+        ours_wall = time.monotonic() - start
+        for flags, out in ((["--no-tta"], "pred_ours"), ([], "pred_ours_tta")):
+            subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
+                            str(heldout / "images"), "-o", str(work / out), "--quiet"] + flags, check=True, env=clean)
+        ours_file.write_text(json.dumps({"wall": ours_wall}))
+        if args.ours_only:
+            names = json.loads((bundle / "model_card.json").read_text())["labels"]["names"]
+            for tta in (False, True):
+                d, per = mean_dice(work / f"pred_ours{'_tta' if tta else ''}", heldout / "labels", names)
+                print(f"ours, {'mirrored' if tta else 'no mirroring'}: mean Dice {d:.4f} ({per})")
+            print(f"rerun the same command to add plain nnU-Net's half")
+            return 0
     card = json.loads((bundle / "model_card.json").read_text())
     fold = card["folds"]["0"]
 

@@ -126,6 +126,8 @@ class _Run:
         from medseg_auto.train import configure_nnunet_processes
         from medseg_auto.trainers import trainer_class as get_trainer
 
+        get_trainer(self.opts.trainer).check_options(self.record["channels"]["nnunet_names"],
+                                                     self.opts.trainer_options)
         device = select_device(self.opts.device)
         configure_nnunet_processes(device.type)
         if self.opts.pretrained is not None:

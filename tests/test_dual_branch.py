@@ -142,11 +142,13 @@ def test_bad_branches_are_refused_with_the_channels_listed(text, channels, messa
 def test_single_channel_data_is_refused_before_planning(project, train_cli):
     from conftest import copy_hippocampus
 
-    copy_hippocampus(project / "input_train" / "hippo", 4)
+    copy_hippocampus(project / "input_train" / "hippo", 10)
     code, _, err = train_cli("-d", "hippo", "-l", "anterior,posterior", "-t", "5", "-f", "0",
                              "--trainer", "dualbranch", "--dry-run")
     assert code == 2
     assert "at least two image channels" in err and "0=MRI" in err
+    assert not (project / "work" / "hippo" / "nnUNet_preprocessed").exists() or \
+        not any((project / "work" / "hippo" / "nnUNet_preprocessed").rglob("*.json"))  # refused before planning
 
 
 def test_branch_flags_need_the_dualbranch_trainer(project, train_cli):

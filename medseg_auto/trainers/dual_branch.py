@@ -73,6 +73,10 @@ def add_configuration(plans: dict, configuration: str, branches: list[list[int]]
 
 class nnUNetTrainerDualBranch(nnUNetTrainerTimeBudget):
     @classmethod
+    def check_options(cls, channels: list[str], options: dict) -> None:
+        parse_branches(options.get("branches"), channels)
+
+    @classmethod
     def adapt_plans(cls, plans: dict, configuration: str, channels: list[str], options: dict) -> str:
         branches = parse_branches(options.get("branches"), channels)
         try:

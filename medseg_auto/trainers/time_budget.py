@@ -90,6 +90,10 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         self._reserve: float | None = None  # seconds kept for the final validation, updated every epoch
 
     @classmethod
+    def check_options(cls, channels: list[str], options: dict) -> None:
+        """Refuse the run's trainer options for this dataset's channels before anything is planned."""
+
+    @classmethod
     def adapt_plans(cls, plans: dict, configuration: str, channels: list[str], options: dict) -> str:
         """The configuration this trainer trains, given nnU-Net's plans, the dataset's channel names and the
         run's trainer options; a variant may add its own configuration to ``plans`` (in place)."""
