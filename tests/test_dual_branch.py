@@ -161,7 +161,7 @@ def test_dual_branch_bundle_trains_and_predicts_on_brats_crops(tmp_path):
     no extra flags; the bundle keeps the groups by name and nnU-Net's predictor builds the same network."""
     copy_brats_crops(tmp_path / "input_train" / "brats", 4)
     done = subprocess.run(train_command(tmp_path, "brats", "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4",
-                                        "--trainer", "dualbranch", "--branches", "T1c|FLAIR", minutes=1.5,
+                                        "--trainer", "dualbranch", "--branches", "T1c|FLAIR", minutes=1.25,
                                         folds="full"),
                           capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
