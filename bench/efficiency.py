@@ -77,7 +77,7 @@ def _networks(bundle: Path) -> dict[str, tuple]:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manifest = json.loads((bundle / "medseg_auto.json").read_text())
-    model = next(p for p in bundle.iterdir() if p.is_dir() and (p / "plans.json").is_file())
+    model = bundle  # the bundle is nnU-Net's model folder
     plans = PlansManager(json.loads((model / "plans.json").read_text()))
     config = plans.get_configuration(manifest["configuration"])
     out = {"bundle": (plans, config, model)}
@@ -176,7 +176,7 @@ def _child(args: list[str]) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-m", dest="bundles", type=Path, nargs="+", required=True, help="bundle folders")
+    p.add_argument("-m", dest="bundles", type=Path, nargs="+", default=[], help="bundle folders")
     p.add_argument("-i", dest="scans", type=Path, help="scans to time inference on (any layout exe_predict.py reads)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
@@ -191,6 +191,8 @@ def main() -> int:
                   else measure_inference(Path(bundle), which, args.device, args.scans, args.tta))
         print(json.dumps(result))
         return 0
+    if not args.bundles:
+        p.error("give at least one bundle with -m")
     rows = []
     for bundle in args.bundles:
         sys.path.insert(0, str(REPO))

@@ -70,6 +70,14 @@ def test_two_channel_scans_are_matched_by_name_or_number(tmp_path):
     (scan,) = find_scans(per_case, b).scans
     assert scan.name == "x" and [f.name for f in scan.files] == ["T1_x.nii.gz", "Flair_x.nii.gz"]
 
+    # a case folder whose name is a letter of a channel's name ('a' in 'Flair') leaves the name whole
+    short = tmp_path / "short"
+    for case in ("a", "l"):
+        _volume(short / case / "Flair_subtrMeanDivStd.nii.gz")
+        _volume(short / case / "T1_subtrMeanDivStd.nii.gz")
+    assert [(s.name, [f.name[:2] for f in s.files]) for s in find_scans(short, b).scans] == [
+        ("a", ["T1", "Fl"]), ("l", ["T1", "Fl"])]
+
 
 def test_channel_problems_name_the_scan_and_the_fix(tmp_path):
     b = _bundle(["t1", "flair"], ["T1", "FLAIR"])

@@ -46,10 +46,13 @@ def channel_keys(stems: list[str], case_name: str) -> list[str]:
 
 
 def _remove_case_name(stem: str, case_name: str) -> str:
-    if case_name and case_name.lower() in stem.lower():
-        i = stem.lower().index(case_name.lower())
-        return (stem[:i] + "_" + stem[i + len(case_name):]).strip(_SEPARATORS)
-    return stem
+    """The stem without the case name where it stands as a whole token (case ``a`` leaves ``Flair`` whole)."""
+    if not case_name:
+        return stem
+    found = re.search(rf"(?<![A-Za-z0-9]){re.escape(case_name)}(?![A-Za-z0-9])", stem, re.IGNORECASE)
+    if found is None:
+        return stem
+    return (stem[:found.start()] + "_" + stem[found.end():]).strip(_SEPARATORS)
 
 
 def _common_affix(strings: list[str], reverse: bool) -> str:
