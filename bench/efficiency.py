@@ -6,7 +6,7 @@ For each bundle given, and side by side with nnU-Net's plain U-Net on the same p
 network is another one (a dual-branch bundle's configuration inherits nnU-Net's), each figure measured in
 a fresh process:
 
-- parameters (and their float32 size);
+- parameters;
 - one training step (forward with deep supervision, a loss on every output, backward, SGD step) on
   a batch of the training's batch size x the planned patch: median seconds over ``--steps`` steps, and peak
   memory minus the memory of the loaded model and optimizer = the step's activation memory;
@@ -72,18 +72,17 @@ class _Memory:
 
 
 def _networks(bundle: Path) -> dict[str, tuple]:
-    """``{"bundle": (plans_manager, configuration_manager), "plain U-Net": ...}``; the second only when the
-    bundle's configuration inherits one with another network."""
+    """``{"bundle": (plans_manager, configuration_manager, model_folder), "plain U-Net, same plans": ...}``;
+    the second only when the bundle's configuration inherits one with another network."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manifest = json.loads((bundle / "medseg_auto.json").read_text())
-    model = bundle  # the bundle is nnU-Net's model folder
-    plans = PlansManager(json.loads((model / "plans.json").read_text()))
+    plans = PlansManager(json.loads((bundle / "plans.json").read_text()))  # the bundle is nnU-Net's model folder
     config = plans.get_configuration(manifest["configuration"])
-    out = {"bundle": (plans, config, model)}
+    out = {"bundle": (plans, config, bundle)}
     parent = plans.plans["configurations"][manifest["configuration"]].get("inherits_from")
     if parent and plans.get_configuration(parent).network_arch_class_name != config.network_arch_class_name:
-        out["plain U-Net, same plans"] = (plans, plans.get_configuration(parent), model)
+        out["plain U-Net, same plans"] = (plans, plans.get_configuration(parent), bundle)
     return out
 
 
@@ -94,7 +93,7 @@ def _build(plans, config, model: Path, deep_supervision: bool):
     dataset_json = json.loads((model / "dataset.json").read_text())
     channels = determine_num_input_channels(plans, config, dataset_json)
     heads = plans.get_label_manager(dataset_json).num_segmentation_heads
-    return nnUNetTrainer.build_network_architecture(plans, config, channels, heads, deep_supervision), channels, heads
+    return nnUNetTrainer.build_network_architecture(plans, config, channels, heads, deep_supervision), channels
 
 
 def measure_training(bundle: Path, which: str, device_name: str, steps: int, batch: int | None) -> dict:
@@ -107,7 +106,7 @@ def measure_training(bundle: Path, which: str, device_name: str, steps: int, bat
     plans, config, model = _networks(bundle)[which]
     card = json.loads((bundle / "model_card.json").read_text())
     batch = batch or min(f["batch_size"] for f in card["folds"].values())
-    net, channels, _ = _build(plans, config, model, True)
+    net, channels = _build(plans, config, model, True)
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), 1e-3, momentum=0.99, nesterov=True)
     patch = list(config.patch_size)
@@ -195,7 +194,6 @@ def main() -> int:
         p.error("give at least one bundle with -m")
     rows = []
     for bundle in args.bundles:
-        sys.path.insert(0, str(REPO))
         for which in _networks(bundle):
             common = ["--device", args.device, "--steps", str(args.steps)] + \
                      (["--batch", str(args.batch)] if args.batch else [])

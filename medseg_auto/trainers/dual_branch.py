@@ -11,7 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import same_channel
-from medseg_auto.networks.dual_branch import CLASS_NAME, check_branches, default_fuse_stage, split_by_order
+from medseg_auto.networks.dual_branch import CLASS_NAME, default_fuse_stage, split_by_order
 from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
 
 SUFFIX = "_dualbranch"
@@ -91,6 +91,5 @@ class nnUNetTrainerDualBranch(nnUNetTrainerTimeBudget):
             raise RuntimeError(f"nnUNetTrainerDualBranch needs a '{SUFFIX}' configuration (see "
                                f"medseg_auto.trainers.dual_branch.add_configuration), got "
                                f"{configuration_manager.network_arch_class_name}")
-        check_branches(configuration_manager.network_arch_init_kwargs["branches"], num_input_channels)
         return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                         num_output_channels, enable_deep_supervision)
