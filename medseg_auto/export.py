@@ -35,10 +35,9 @@ def refuse_existing(bundle: Path, overwrite: bool) -> None:
 
 
 def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_trainer: str, manifest: dict,
-                  card: dict, readme: str, overwrite: bool) -> Path:
-    """Write, verify and move the bundle into place; returns its path."""
-    import torch
-
+                  card: dict, readme: str, overwrite: bool, parts: dict[str, Path] | None = None) -> Path:
+    """Write, verify and move the bundle into place; returns its path. ``parts``: the results folders of a
+    multi-stage model's earlier stages, each exported as an nnU-Net model folder of that name inside."""
     refuse_existing(bundle, overwrite)
     bundle.parent.mkdir(parents=True, exist_ok=True)
     tmp = bundle.parent / f".{bundle.name}.partial-{os.getpid()}"
@@ -46,27 +45,37 @@ def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_tra
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        dataset_json = json.loads((results_folder / "dataset.json").read_text())
-        dataset_json.pop("dataset", None)  # absolute paths of the training files: not the bundle's business
-        write_json_atomic(tmp / "dataset.json", dataset_json)
-        for name in ("plans.json", "dataset_fingerprint.json"):
-            shutil.copy2(results_folder / name, tmp / name)
-        for fold in folds:
-            src, dst = results_folder / f"fold_{fold}", tmp / f"fold_{fold}"
-            dst.mkdir()
-            checkpoint = torch.load(src / CHECKPOINT, map_location="cpu", weights_only=False)
-            torch.save(_inference_checkpoint(checkpoint, inference_trainer), dst / CHECKPOINT)
-            if (src / "progress.png").is_file():
-                shutil.copy2(src / "progress.png", dst / "progress.png")
+        for name, folder in {"": results_folder, **(parts or {})}.items():
+            _write_model_folder(tmp / name, folder, folds, inference_trainer)
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / "model_card.json", card)
         (tmp / "README.md").write_text(readme)
-        verify_bundle(tmp, folds)
+        for name in ["", *(parts or {})]:
+            verify_bundle(tmp / name, folds)
         _move_into_place(tmp, bundle)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
     return bundle
+
+
+def _write_model_folder(dst: Path, results_folder: Path, folds: list, inference_trainer: str) -> None:
+    """nnU-Net's model folder layout: dataset.json, plans.json, fingerprint, fold_K/checkpoint_final.pth."""
+    import torch
+
+    dst.mkdir(exist_ok=True)
+    dataset_json = json.loads((results_folder / "dataset.json").read_text())
+    dataset_json.pop("dataset", None)  # absolute paths of the training files: not the bundle's business
+    write_json_atomic(dst / "dataset.json", dataset_json)
+    for name in ("plans.json", "dataset_fingerprint.json"):
+        shutil.copy2(results_folder / name, dst / name)
+    for fold in folds:
+        src, fold_dst = results_folder / f"fold_{fold}", dst / f"fold_{fold}"
+        fold_dst.mkdir()
+        checkpoint = torch.load(src / CHECKPOINT, map_location="cpu", weights_only=False)
+        torch.save(_inference_checkpoint(checkpoint, inference_trainer), fold_dst / CHECKPOINT)
+        if (src / "progress.png").is_file():
+            shutil.copy2(src / "progress.png", fold_dst / "progress.png")
 
 
 def _inference_checkpoint(checkpoint: dict, inference_trainer: str) -> dict:

@@ -64,8 +64,7 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
     Reuses finished steps of an interrupted run (the plans file and a complete preprocessed folder).
     """
     workspace.activate()  # nnU-Net reads its folders from the environment
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
 
     seconds: dict[str, float] = {}
     base = workspace.preprocessed / workspace.nnunet_name
@@ -88,18 +87,61 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
         seconds["planning"] = time.monotonic() - t
     plans = json.loads(plans_file.read_text())
     configuration = choose_configuration(pretrained.configuration if pretrained else requested, is_2d, plans)
-    done_marker = base / f".preprocessed_{configuration}"
-    if not done_marker.is_file():
-        cfg = plans["configurations"][configuration]
-        _phase(f"preprocessing for {configuration}: patch {'x'.join(map(str, cfg['patch_size'][::-1]))} voxels, "
-               f"spacing {'x'.join(f'{s:.3g}' for s in cfg['spacing'][::-1])} mm (x, y, z)")
-        t = time.monotonic()
-        with _quiet():
-            preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
-                       num_processes=[processes], verbose=False, show_progress_bar=sys.stderr.isatty())
-        seconds["preprocessing"] = time.monotonic() - t
-        done_marker.touch()
+    seconds["preprocessing"] = preprocess_configuration(workspace, plans, configuration, processes)
     return PlanResult(configuration, plans, seconds)
+
+
+def preprocess_configuration(workspace: Workspace, plans: dict, configuration: str, processes: int) -> float:
+    """nnU-Net's preprocessing of one configuration of ``plans`` (written to the plans file first, since
+    nnU-Net reads it from there); skipped when already done. Returns the seconds it took."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+
+    base = workspace.preprocessed / workspace.nnunet_name
+    done_marker = base / f".preprocessed_{configuration}"
+    if done_marker.is_file():
+        return 0.0
+    plans_file = base / f"{PLANS_IDENTIFIER}.json"
+    if json.loads(plans_file.read_text()) != plans:
+        plans_file.write_text(json.dumps(plans, indent=2))
+    cfg = plans["configurations"][configuration]
+    _phase(f"preprocessing for {configuration}: patch {'x'.join(map(str, cfg['patch_size'][::-1]))} voxels, "
+           f"spacing {'x'.join(f'{s:.3g}' for s in cfg['spacing'][::-1])} mm (x, y, z)")
+    t = time.monotonic()
+    with _quiet():
+        preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
+                   num_processes=[processes], verbose=False, show_progress_bar=sys.stderr.isatty())
+    done_marker.touch()
+    return time.monotonic() - t
+
+
+def add_coarse_configuration(workspace: Workspace, plans: dict, base: str, name: str, target_voxels: int,
+                             min_factor: float = 2.0) -> str:
+    """A low-resolution configuration planned by nnU-Net's experiment planner (patch, network, batch) for
+    ``base``'s data resampled so the median image has about ``target_voxels`` voxels (coarser by at least
+    ``min_factor`` per axis). Uses nnU-Net's own ``3d_lowres`` when it planned one. Added to ``plans`` in
+    place; returns the configuration's name."""
+    if "3d_lowres" in plans["configurations"]:
+        return "3d_lowres"
+    if name in plans["configurations"]:
+        return name
+    import numpy as np
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+
+    workspace.activate()
+    cfg = plans["configurations"][base]
+    median = np.array(cfg["median_image_size_in_voxels"], float)
+    factor = max(min_factor, float(np.prod(median) / target_voxels) ** (1 / len(median)))
+    with _quiet():
+        planner = ExperimentPlanner(workspace.dataset_id, plans_name=PLANS_IDENTIFIER)
+        coarse = planner.get_plans_for_configuration(
+            np.array(cfg["spacing"]) * factor, np.maximum(1, np.round(median / factor)),
+            planner.generate_data_identifier(name),
+            float(np.prod(median / factor)) * planner.dataset_json["numTraining"], {})
+    coarse["batch_dice"] = False  # as nnU-Net plans its 3d_lowres
+    recursive_fix_for_json_export(coarse)  # numpy numbers -> JSON's
+    plans["configurations"][name] = coarse
+    return name
 
 
 def _phase(text: str) -> None:

@@ -21,6 +21,7 @@ from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, con
 from medseg_auto.ingest.problems import format_table
 from medseg_auto.report import dataset_summary, model_card, model_card_readme
 from medseg_auto.train import StopRequest
+from medseg_auto.trainers.stages import Stage
 from medseg_auto.workspace import Workspace
 
 RESUMABLE = ("training", "interrupted", "failed")
@@ -86,6 +87,7 @@ class _Run:
         self.opts, self.workspace, self.checked, self.clock, self.bundle = opts, workspace, checked, clock, bundle
         self.stop = stop
         self.pretrained = None  # a PretrainedBundle once checked
+        self.stages: list = []  # the models trained on each fold, in order (one, or the cascade's two)
         self.record: dict = {}
 
     # -- the phases --------------------------------------------------------------------------------------
@@ -139,12 +141,16 @@ class _Run:
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
                                    processes=os.cpu_count() or 1, pretrained=self.pretrained)
-        plan.configuration = get_trainer(self.opts.trainer).adapt_plans(
-            plan.plans, plan.configuration, self.record["channels"]["nnunet_names"], self.opts.trainer_options)
+        trainer = get_trainer(self.opts.trainer)
+        plan.configuration = trainer.adapt_plans(plan.plans, plan.configuration,
+                                                 self.record["channels"]["nnunet_names"], self.opts.trainer_options)
+        earlier = trainer.earlier_stages(self.workspace, plan, os.cpu_count() or 1)
+        self.stages = earlier + [Stage("", trainer, plan.configuration, 1.0 - sum(s.share for s in earlier))]
         self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
-                               "planned_batch_size": plan.batch_size, "seconds": plan.seconds}
+                               "planned_batch_size": plan.batch_size, "seconds": plan.seconds,
+                               "stages": [s.record() for s in earlier]}
         self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
-        shares = self._split(plan.configuration)
+        shares = self._split()
         self._print_budget(plan, shares)
         if self.opts.dry_run:
             self.record["state"] = "planned"
@@ -157,11 +163,6 @@ class _Run:
         return self._export(plan, results)
 
     def _train_folds(self, plan, shares: dict, device) -> list:
-        from medseg_auto.train import epoch_line, train_fold
-        from medseg_auto.trainers import trainer_class as get_trainer
-        from medseg_auto.trainers.time_budget import FoldBudget, TrainingInterrupted
-
-        trainer_class = get_trainer(self.opts.trainer)
         folds = self.record.setdefault("folds", {})
         results = []
         for fold in self.opts.folds:
@@ -170,32 +171,58 @@ class _Run:
                 results.append(entry["result"])
                 continue
             entry.update(state="training", planned=shares[fold])
-            budget = FoldBudget(seconds=shares[fold], spent=self._fold_spent(plan.configuration, fold),
-                                **self.opts.settings)
-            print(f"\n[train] fold {fold}: {fmt_duration(budget.seconds)} for training and validation "
+            print(f"\n[train] fold {fold}: {fmt_duration(shares[fold])} for training and validation "
                   f"(run: {fmt_duration(self.clock.elapsed())} used of {fmt_duration(self.clock.budget)})",
                   file=sys.stderr)
-
-            def on_epoch(trainer):
-                entry["spent"] = round(trainer.elapsed(), 1)
-                print(epoch_line(trainer), file=sys.stderr, flush=True)
-                self.save()
-
-            try:
-                result = train_fold(self.workspace, plan, fold, budget, trainer_class, device, self.stop,
-                                    on_epoch, self.pretrained.checkpoint if self.pretrained else None)
-            except TrainingInterrupted as e:
-                raise Interrupted(str(e)) from None
-            entry.update(state="done", result=result.record())
-            self.record["phases"][f"fold_{fold}"] = result.seconds
-            dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"
-            print(f"[train] fold {fold} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
-                  f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
-                  f"Dice {dice}", file=sys.stderr)
+            used, earlier = 0.0, {}
+            for i, stage in enumerate(self.stages):
+                stage_entry = entry.setdefault("stages", {}).setdefault(stage.name, {}) if stage.name else entry
+                if stage_entry.get("state") != "done":
+                    # each stage gets its share of what the fold has left after the stages before it
+                    seconds = (shares[fold] - used) * stage.share / sum(s.share for s in self.stages[i:])
+                    stage_entry.update(state="training", result=self._train_stage(plan, stage, fold, seconds,
+                                                                                   device, entry, used))
+                    stage_entry["state"] = "done"
+                result = stage_entry["result"]
+                used += result["seconds"]
+                if stage.name:
+                    earlier[stage.name] = result
+            result = dict(entry["result"], stages=earlier) if earlier else entry["result"]
+            entry.update(state="done", result=result)
+            self.record["phases"][f"fold_{fold}"] = round(used, 1)
             self.save()
-            results.append(result.record())
-            shares = self._split(plan.configuration)  # a fold that ended early leaves its time to the next ones
+            results.append(result)
+            shares = self._split()  # a fold that ended early leaves its time to the next ones
         return results
+
+    def _train_stage(self, plan, stage: Stage, fold, seconds: float, device, entry: dict, used: float) -> dict:
+        """One fold of one stage (the whole fold for a single-stage trainer); returns its result record."""
+        from dataclasses import replace
+
+        from medseg_auto.train import epoch_line, train_fold
+        from medseg_auto.trainers.time_budget import FoldBudget, TrainingInterrupted
+
+        label = f"fold {fold}" + (f", {stage.name} stage" if stage.name else "")
+        budget = FoldBudget(seconds=seconds, spent=self._stage_spent(stage, fold), **self.opts.settings)
+        if stage.name or len(self.stages) > 1:
+            print(f"[train] {label} ({stage.configuration}): {fmt_duration(seconds)}", file=sys.stderr)
+
+        def on_epoch(trainer):
+            entry["spent"] = round(used + trainer.elapsed(), 1)
+            print(epoch_line(trainer), file=sys.stderr, flush=True)
+            self.save()
+
+        pretrained = self.pretrained.checkpoint if self.pretrained and not stage.name else None
+        try:
+            result = train_fold(self.workspace, replace(plan, configuration=stage.configuration), fold, budget,
+                                stage.trainer, device, self.stop, on_epoch, pretrained)
+        except TrainingInterrupted as e:
+            raise Interrupted(str(e)) from None
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"
+        print(f"[train] {label} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
+              f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
+              f"Dice {dice}", file=sys.stderr)
+        return result.record()
 
     def _export(self, plan, results: list) -> Path:
         from medseg_auto.export import export_bundle
@@ -210,10 +237,13 @@ class _Run:
                     "configuration": plan.configuration, "folds": [str(f) for f in self.opts.folds],
                     "channels": self.record["channels"], "labels": self.record["labels"],
                     "file_ending": self.record["file_ending"], "is_2d": self.record["is_2d"]}
+        if len(self.stages) > 1:
+            manifest["stages"] = self.record["plan"]["stages"]
         results_folder = Path(results[0]["folder"]).parent
+        parts = {name: Path(stage["folder"]).parent for name, stage in results[0].get("stages", {}).items()}
         print(f"\n[export] writing and verifying {self.bundle}", file=sys.stderr)
         export_bundle(self.bundle, results_folder, self.opts.folds, trainer_class.inference_trainer_name,
-                      manifest, card, model_card_readme(card), self.opts.overwrite)
+                      manifest, card, model_card_readme(card), self.opts.overwrite, parts)
         self.record["state"] = "exported"
         self.record["bundle"] = str(self.bundle)
         self.save()
@@ -263,21 +293,22 @@ class _Run:
         self.record = {"arguments": self.opts.command}
         return False
 
-    def _split(self, configuration: str) -> dict:
+    def _split(self) -> dict:
         """Shares of the time left for the folds still to train (a resumed fold counts its checkpointed time)."""
         folds = self.record.get("folds", {})
-        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(configuration, f))
+        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(f))
                 for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
         return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS, todo)
 
-    def _fold_spent(self, configuration: str, fold) -> float:
-        """The fold's time saved with its last checkpoint (what a kill -9 cannot take back)."""
+    def _fold_spent(self, fold) -> float:
+        """The fold's time saved with its stages' last checkpoints (what a kill -9 cannot take back)."""
+        return sum(self._stage_spent(stage, fold) for stage in self.stages)
+
+    def _stage_spent(self, stage, fold) -> float:
         from medseg_auto.train import fold_folder
-        from medseg_auto.trainers import trainer_class
         from medseg_auto.trainers.time_budget import read_fold_clock
 
-        folder = fold_folder(self.workspace, trainer_class(self.opts.trainer), configuration, fold)
-        clock = read_fold_clock(str(folder))
+        clock = read_fold_clock(str(fold_folder(self.workspace, stage.trainer, stage.configuration, fold)))
         return clock["spent"] if clock else 0.0
 
     def _plan_estimate(self) -> float:

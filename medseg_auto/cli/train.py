@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default "
                    "auto: CUDA if available)")
     p.add_argument("--trainer", default="default", choices=TRAINER_NAMES, help="trainer (default: nnU-Net's, "
-                   "trained for the time budget; dualbranch: one encoder per group of channels, fused deeper)")
+                   "trained for the time budget; dualbranch: one encoder per group of channels, fused deeper; cascade: "
+                   "a low-resolution ROI model, then a CoordConv model segments crops around what it finds; 3D)")
     p.add_argument("--branches", metavar="GROUPS", help="dualbranch: the channels of each branch by name, groups "
                    "separated by '|' (e.g. \"T1c|FLAIR\" or \"T1,T1c|T2,FLAIR\"; default: first half | rest)")
     p.add_argument("--fuse-stage", type=int, metavar="K", help="dualbranch: resolution stages encoded per branch "

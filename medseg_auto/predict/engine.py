@@ -25,7 +25,8 @@ from medseg_auto.predict.scans import Scan
 # nnU-Net's default step between sliding windows (a fraction of the patch), and the fast mode's.
 DEFAULT_STEP = 0.5
 FAST_STEP = 0.75
-PREDICTORS = {"sliding_window": "medseg_auto.predict.engine:SlidingWindow"}
+PREDICTORS = {"sliding_window": "medseg_auto.predict.engine:SlidingWindow",
+              "cascade": "medseg_auto.predict.cascade:Cascade"}
 
 
 @dataclass

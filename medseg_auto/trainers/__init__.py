@@ -7,7 +7,8 @@ from __future__ import annotations
 import importlib
 
 _TRAINERS = {"default": "medseg_auto.trainers.time_budget:nnUNetTrainerTimeBudget",
-             "dualbranch": "medseg_auto.trainers.dual_branch:nnUNetTrainerDualBranch"}
+             "dualbranch": "medseg_auto.trainers.dual_branch:nnUNetTrainerDualBranch",
+             "cascade": "medseg_auto.trainers.cascade:nnUNetTrainerCascadeCoord"}
 TRAINER_NAMES = tuple(_TRAINERS)
 
 

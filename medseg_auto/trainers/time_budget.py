@@ -99,6 +99,12 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         run's trainer options; a variant may add its own configuration to ``plans`` (in place)."""
         return configuration
 
+    @classmethod
+    def earlier_stages(cls, workspace, plan, processes: int) -> list:
+        """Models to train before this one on each fold (``Stage``s; the cascade's ROI model), planned and
+        preprocessed here; none for a single-stage trainer."""
+        return []
+
     # -- the clock ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self.budget.spent + time.monotonic() - self._t0

@@ -1,0 +1,189 @@
+"""The cascade's two trainers: a low-resolution ROI model, then a CoordConv segmentation model for the crops.
+
+- ``nnUNetTrainerCascadeROI`` learns one region, the union of all foreground labels, on a coarse
+  configuration (``add_roi_configuration``): finding *where* to look needs no fine detail.
+- ``nnUNetTrainerCascadeCoord`` learns the labels on the full-resolution configuration from the image
+  channels plus three coordinate channels (``medseg_auto.networks.coordconv``), mostly on patches around
+  the foreground, which is what it sees at inference (crops around the ROI's components).
+
+Both are the time-budget trainer with one or two methods changed, like nnU-Net's own variants.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
+from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform
+from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from medseg_auto.errors import InputError
+from medseg_auto.networks import coordconv
+from medseg_auto.networks.coordconv import COORDINATE_CHANNELS, CoordinateFrame
+from medseg_auto.trainers.stages import Stage
+from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
+
+PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+COORD_SUFFIX = "_coord"
+ROI_REGION = "roi"
+ROI_CONFIGURATION = "3d_roi"
+ROI_TARGET_VOXELS = 64 ** 3  # the ROI model sees the median image at about this size (at least 2x coarser)
+ROI_SHARE = 0.3              # of each fold's time: finding the region needs less training than segmenting it
+
+
+# -- stage 1 ----------------------------------------------------------------------------------------------
+def roi_dataset_json(dataset_json: dict) -> dict:
+    """The dataset's labels as one region, every foreground value (or region) together: the ROI's target."""
+    values = set()
+    for name, value in dataset_json["labels"].items():
+        if name in ("background", "ignore"):
+            continue
+        values.update(value if isinstance(value, (list, tuple)) else [value])
+    out = copy.deepcopy(dataset_json)
+    out["labels"] = {"background": 0, ROI_REGION: sorted(int(v) for v in values)}
+    out["regions_class_order"] = [1]
+    return out
+
+
+class nnUNetTrainerCascadeROI(nnUNetTrainerTimeBudget):
+    """Stage 1: where is the foreground? One region, the union of the labels, at low resolution."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, roi_dataset_json(dataset_json), device)
+
+
+# -- stage 2 ----------------------------------------------------------------------------------------------
+def add_coord_configuration(plans: dict, configuration: str) -> str:
+    """Add ``<configuration>_coord`` to nnU-Net's plans (in place): the same patch, spacing and preprocessed
+    data, with the CoordConv U-Net; returns its name."""
+    base = plans["configurations"][configuration]
+    architecture = copy.deepcopy(base["architecture"])
+    if architecture["network_class_name"] != PLAIN_UNET:
+        raise ValueError(f"the cascade needs nnU-Net's plain U-Net plans, not {architecture['network_class_name']}")
+    architecture["network_class_name"] = coordconv.CLASS_NAME
+    name = configuration + COORD_SUFFIX
+    plans["configurations"][name] = {"inherits_from": configuration, "architecture": architecture}
+    return name
+
+
+class _CoordinateView:
+    """A preprocessed case's image channels followed by its coordinate channels, computed for the part that
+    is read: slicing reads only that region of nnU-Net's (memory-mapped, compressed) array."""
+
+    def __init__(self, data, frame: CoordinateFrame):
+        self.data, self.frame = data, frame
+        self.shape = (data.shape[0] + COORDINATE_CHANNELS, *data.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * (self.ndim - 1)
+        key = key[:self.ndim]
+        if key[0] != slice(None) or not all(isinstance(k, slice) for k in key):
+            raise IndexError("a coordinate view is read by spatial slices, all channels at once")
+        box = []
+        for k, n in zip(key[1:], self.shape[1:]):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError("a coordinate view is read with step 1")
+            box.append((start, stop))
+        return np.concatenate([np.asarray(self.data[key], np.float32), self.frame.grid(box)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
+def coordinate_dataset(dataset_class: type) -> type:
+    """nnU-Net's dataset class whose cases carry their coordinate channels (for training patches and for
+    nnU-Net's own full-volume validation alike)."""
+
+    class WithCoordinates(dataset_class):
+        def load_case(self, identifier):
+            data, seg, seg_prev, properties = super().load_case(identifier)
+            frame = CoordinateFrame.from_properties(properties, data.shape[1:])
+            return _CoordinateView(data, frame), seg, seg_prev, properties
+
+    WithCoordinates.__name__ = WithCoordinates.__qualname__ = f"{dataset_class.__name__}WithCoordinates"
+    return WithCoordinates
+
+
+class SetAsideChannels(BasicTransform):
+    """Take the last ``n`` image channels out of the intensity augmentations (noise, contrast, gamma must
+    not move a coordinate) until :class:`PutBackChannels`."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def apply(self, data_dict, **params):
+        data_dict["set_aside"] = data_dict["image"][-self.n:]
+        data_dict["image"] = data_dict["image"][:-self.n]
+        return data_dict
+
+
+class PutBackChannels(BasicTransform):
+    def apply(self, data_dict, **params):
+        data_dict["image"] = torch.cat([data_dict["image"], data_dict.pop("set_aside")])
+        return data_dict
+
+
+def shield_last_channels(pipeline: ComposeTransforms, n: int) -> ComposeTransforms:
+    """nnU-Net's training pipeline with the last ``n`` channels following the spatial transforms (rotation,
+    scaling, mirroring) but none of the intensity transforms between them."""
+    steps = list(pipeline.transforms)
+    after = max(i for i, t in enumerate(steps) if isinstance(t, (SpatialTransform, Convert2DTo3DTransform))) + 1
+    before = next(i for i, t in enumerate(steps)
+                  if isinstance(t, (MirrorTransform, MaskImageTransform, RemoveLabelTansform)))
+    return ComposeTransforms(steps[:after] + [SetAsideChannels(n)] + steps[after:before] + [PutBackChannels()]
+                             + steps[before:])
+
+
+class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
+    """Stage 2: segmentation of crops, from the image channels plus three coordinate channels, trained
+    mostly on patches around the foreground (as the crops around the ROI are)."""
+
+    case_predictor = "cascade"  # medseg_auto.predict.cascade
+    foreground_share = 0.67  # nnU-Net's oversampling: this share of each batch is centred on foreground
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.oversample_foreground_percent = self.foreground_share
+
+    @classmethod
+    def adapt_plans(cls, plans: dict, configuration: str, channels: list[str], options: dict) -> str:
+        if not configuration.startswith("3d"):
+            raise InputError("--trainer cascade is for 3D volumes (it crops regions of a volume); these images "
+                             "are 2D: use the default trainer.")
+        return add_coord_configuration(plans, configuration)
+
+    @classmethod
+    def earlier_stages(cls, workspace, plan, processes: int) -> list[Stage]:
+        from medseg_auto.plan import add_coarse_configuration, preprocess_configuration
+
+        base = plan.plans["configurations"][plan.configuration]["inherits_from"]
+        roi = add_coarse_configuration(workspace, plan.plans, base, ROI_CONFIGURATION, ROI_TARGET_VOXELS)
+        plan.seconds["preprocessing_roi"] = preprocess_configuration(workspace, plan.plans, roi, processes)
+        return [Stage("roi", nnUNetTrainerCascadeROI, roi, ROI_SHARE)]
+
+    def initialize(self):
+        super().initialize()
+        self.dataset_class = coordinate_dataset(self.dataset_class)
+
+    @staticmethod
+    def get_training_transforms(patch_size: Sequence[int], rotation_for_DA, deep_supervision_scales,
+                                mirror_axes, do_dummy_2d_data_aug: bool, use_mask_for_norm=None,
+                                is_cascaded: bool = False, foreground_labels=None, regions=None,
+                                ignore_label=None):
+        pipeline = nnUNetTrainer.get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+        return shield_last_channels(pipeline, COORDINATE_CHANNELS)
