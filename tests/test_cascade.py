@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -97,3 +98,107 @@ def test_a_voxel_keeps_its_coordinate_whatever_the_preprocessing_crop():
     a = uncropped.grid(((30, 31), (20, 21), (12, 13)))
     b = cropped.grid(((20, 21), (15, 16), (12, 13)))
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_patches_read_through_the_coordinate_view_match_the_whole_volume():
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+    from medseg_auto.trainers.cascade import _CoordinateView
+
+    frame = frame_for([30, 40, 50], [[2, 28], [0, 40], [5, 45]], [26, 40, 40])
+    image = np.random.default_rng(0).normal(size=(2, 26, 40, 40)).astype(np.float32)
+    view, full = _CoordinateView(image, frame), with_coordinates(image, frame)
+    assert view.shape == full.shape
+    np.testing.assert_array_equal(view[:], full)
+    for bbox in ([[0, 16], [10, 26], [30, 46]], [[-4, 12], [-2, 14], [20, 36]], [[5, 21], [3, 19], [1, 17]]):
+        np.testing.assert_array_equal(crop_and_pad_nd(view, bbox, 0), crop_and_pad_nd(full, bbox, 0))
+
+
+def test_coordinates_follow_spatial_augmentation_but_not_intensity_augmentation():
+    import torch
+    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    from medseg_auto.trainers.cascade import shield_last_channels
+
+    def pipeline():
+        return ComposeTransforms([
+            SpatialTransform((8, 8, 8), 0, False, p_rotation=0, p_scaling=0, p_elastic_deform=0),
+            RandomTransform(GaussianNoiseTransform((0.1, 0.1), 1, True), apply_probability=1),
+            RandomTransform(MultiplicativeBrightnessTransform(BGContrast((1.2, 1.2)), False, 1), apply_probability=1),
+            MirrorTransform(allowed_axes=(0,))])
+
+    frame = frame_for([8, 8, 8], [[0, 8]] * 3, [8, 8, 8])
+    sample = torch.from_numpy(with_coordinates(np.ones((1, 8, 8, 8), np.float32), frame))
+    segmentation = torch.zeros((1, 8, 8, 8), dtype=torch.int16)
+    grid = sample[1:]
+    for _ in range(4):
+        out = shield_last_channels(pipeline(), 3)(image=sample.clone(), segmentation=segmentation.clone())["image"]
+        assert out.shape == sample.shape and not torch.allclose(out[0], sample[0])  # the image was augmented
+        assert torch.equal(out[1:], grid) or torch.equal(out[1:], torch.flip(grid, [1]))  # mirrored at most
+    plain = pipeline()(image=sample.clone(), segmentation=segmentation.clone())["image"]
+    assert not (torch.equal(plain[1:], grid) or torch.equal(plain[1:], torch.flip(grid, [1])))
+
+
+def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_roi(tmp_path, monkeypatch, capsys):
+    """Real BraTS crops (FLAIR + T1c, regions): exe_train.py --trainer cascade trains both stages in one
+    budget, the bundle holds both, exe_predict.py predicts it with no extra flags; an empty ROI falls back to
+    the whole volume."""
+    import csv
+    import subprocess
+    import sys
+
+    import nibabel
+    import torch
+
+    from conftest import REPO, clean_env, copy_brats_crops, train_command
+    from medseg_auto.predict import cascade
+    from medseg_auto.predict.bundle import open_bundle
+    from medseg_auto.predict.engine import ScanImage, Settings, case_predictor
+
+    copy_brats_crops(tmp_path / "input_train" / "brats", 4)
+    done = subprocess.run(train_command(tmp_path, "brats", "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4",
+                                        "--trainer", "cascade", minutes=2, folds="full"),
+                          capture_output=True, text=True, timeout=600, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "roi stage (3d_roi)" in done.stderr
+    bundle = tmp_path / "output_models" / "brats"
+    manifest = json.loads((bundle / "medseg_auto.json").read_text())
+    assert manifest["predictor"] == "cascade" and manifest["stages"][0]["name"] == "roi"
+    roi_labels = json.loads((bundle / "roi" / "dataset.json").read_text())["labels"]
+    assert roi_labels == {"background": 0, "roi": [1, 2, 3, 4]}
+    assert (bundle / "roi" / "fold_all" / "checkpoint_final.pth").is_file()
+
+    scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "pred"
+    refs.mkdir()
+    case = tmp_path / "input_train" / "brats" / "brats_2013_pat0001_1"
+    (scans / "case").mkdir(parents=True)
+    for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
+        (scans / "case" / name).symlink_to(case / name)
+    (refs / "case.nii.gz").symlink_to(case / "OTMultiClass.nii.gz")
+    done = subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i", str(scans),
+                           "-o", str(out), "--fast", "--labels-dir", str(refs)],
+                          capture_output=True, text=True, timeout=300, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    seg = np.asarray(nibabel.load(out / "case.nii.gz").dataobj)
+    assert seg.shape == (48, 48, 32) and set(np.unique(seg)) <= {0, 1, 2, 3, 4}
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    whole = [r for r in rows if r["case"] == "case"]
+    assert whole and float(whole[0]["WT_dice"]) > 0.3
+
+    # the ROI finds nothing: the whole volume is segmented, and the log says so
+    predictor = case_predictor(open_bundle(bundle, None), Settings(False, 0.75, False), torch.device("cpu"))
+    assert isinstance(predictor, cascade.Cascade)
+    monkeypatch.setattr(cascade.Cascade, "_roi_mask", lambda self, image, shape: np.zeros(shape, bool))
+    image = nibabel.load(case / "Flair_subtrMeanDivStd.nii.gz")
+    data = np.stack([np.asarray(nibabel.load(case / n).dataobj, np.float32).transpose(2, 1, 0)
+                     for n in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz")])
+    result = predictor.predict(ScanImage(data, [float(s) for s in image.header.get_zooms()[::-1]]))
+    assert predictor.fallbacks == 1 and "found nothing" in capsys.readouterr().err
+    assert result.segmentation.shape == data.shape[1:]

@@ -156,12 +156,13 @@ def test_branch_flags_need_the_dualbranch_trainer(project, train_cli):
     assert code == 2 and "--branches: only for --trainer dualbranch" in err
 
 
+@pytest.mark.slow
 def test_dual_branch_bundle_trains_and_predicts_on_brats_crops(tmp_path):
     """Real BraTS crops (FLAIR + T1c, regions): exe_train.py --trainer dualbranch, then exe_predict.py with
     no extra flags; the bundle keeps the groups by name and nnU-Net's predictor builds the same network."""
     copy_brats_crops(tmp_path / "input_train" / "brats", 4)
     done = subprocess.run(train_command(tmp_path, "brats", "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4",
-                                        "--trainer", "dualbranch", "--branches", "T1c|FLAIR", minutes=1.25,
+                                        "--trainer", "dualbranch", "--branches", "T1c|FLAIR", minutes=1.5,
                                         folds="full"),
                           capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]

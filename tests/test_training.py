@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import BUDGET_MIN, REPO, clean_env as _env, copy_hippocampus, train_command, tree_digest
@@ -135,6 +136,7 @@ def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     assert card["folds"]["0"]["epochs"] >= 2
 
 
+@pytest.mark.slow
 def test_pretrained_fine_tunes_from_the_bundle_and_refuses_other_channels(trained, tmp_path):
     """--pretrained (with --consume-input): nnU-Net's plans transfer and weights; wrong channels refused."""
     project, done, _, _ = trained
