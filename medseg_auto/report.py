@@ -94,12 +94,20 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
         "budget_minutes": round(clock.budget / 60, 2),
         "time_used_seconds": round(clock.elapsed(), 1),
         "phases_seconds": record.get("phases", {}),
-        "folds": {str(f["fold"]): {k: f[k] for k in ("seconds", "epochs", "iterations", "batch_size",
-                                                        "validation", "dice")} for f in folds},
+        "stages": record.get("plan", {}).get("stages") or None,
+        "folds": {str(f["fold"]): _fold_card(f) for f in folds},
         "cross_validation_dice": cv,
         "versions": {"medseg_auto": _version("medseg_auto"), "nnunetv2": _version("nnunetv2"),
                      "torch": _version("torch"), "python": platform.python_version()},
     }
+
+
+def _fold_card(fold: dict) -> dict:
+    keys = ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")
+    card = {k: fold[k] for k in keys}
+    if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model)
+        card["stages"] = {name: {k: stage[k] for k in keys} for name, stage in fold["stages"].items()}
+    return card
 
 
 def network_description(plan, channels: list[str]) -> dict:
@@ -111,6 +119,14 @@ def network_description(plan, channels: list[str]) -> dict:
         desc["branches"] = [[channels[i] for i in group] for group in kwargs["branches"]]
         desc["fuse_stage"] = kwargs["fuse_stage"]
     return desc
+
+
+def _stages_text(stages: list | None) -> str:
+    """The cascade's split of each fold's time, e.g. '; each fold: roi model 30% (3d_roi), then this one 70%'."""
+    if not stages:
+        return ""
+    first = ", ".join(f"{s['name']} model {s['share']:.0%} ({s['configuration']})" for s in stages)
+    return f"; each fold: {first}, then this model {1 - sum(s['share'] for s in stages):.0%}"
 
 
 def model_card_readme(card: dict) -> str:
@@ -134,7 +150,8 @@ def model_card_readme(card: dict) -> str:
         f"- nnU-Net configuration {card['configuration']}, patch {'x'.join(map(str, card['patch_size'][::-1]))} "
         f"voxels (x, y, z), "
         f"trainer {card['trainer']}" + _branches_text(card.get("network", {})) + ".",
-        f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min.",
+        f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min"
+        + _stages_text(card.get("stages")) + ".",
         f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
         "",
         *rows,

@@ -173,6 +173,9 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     roi_labels = json.loads((bundle / "roi" / "dataset.json").read_text())["labels"]
     assert roi_labels == {"background": 0, "roi": [1, 2, 3, 4]}
     assert (bundle / "roi" / "fold_all" / "checkpoint_final.pth").is_file()
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["stages"][0]["share"] == 0.3 and card["folds"]["all"]["stages"]["roi"]["iterations"] > 0
+    assert "each fold: roi model 30% (3d_roi), then this model 70%" in (bundle / "README.md").read_text()
 
     scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "pred"
     refs.mkdir()
