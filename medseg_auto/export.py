@@ -45,12 +45,13 @@ def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_tra
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        for name, folder in {"": results_folder, **(parts or {})}.items():
+        folders = {"": results_folder, **(parts or {})}  # "": the bundle's own model, at its top
+        for name, folder in folders.items():
             _write_model_folder(tmp / name, folder, folds, inference_trainer)
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / "model_card.json", card)
         (tmp / "README.md").write_text(readme)
-        for name in ["", *(parts or {})]:
+        for name in folders:
             verify_bundle(tmp / name, folds)
         _move_into_place(tmp, bundle)
     except BaseException:

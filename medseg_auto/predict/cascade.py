@@ -28,18 +28,15 @@ class Cascade:
     """Predicts a cascade bundle: its ``roi/`` model folder, then the bundle's own (CoordConv) model."""
 
     def __init__(self, bundle: Bundle, settings: Settings, device):
-        self.settings = settings
         self.roi = SlidingWindow(Bundle(bundle.folder / "roi", bundle.manifest, bundle.folds), settings, device)
         self.segmentation = SlidingWindow(bundle, settings, device)
         self.fallbacks = 0  # cases where the ROI found nothing and the whole volume was segmented
 
     def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
         import torch
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         p = self.segmentation.predictor
-        data, _, properties = self.segmentation.preprocessor.run_case_npy(
-            image.data, None, {"spacing": image.spacing}, p.plans_manager, p.configuration_manager, p.dataset_json)
+        data, properties = self.segmentation.preprocess(image)
         shape = data.shape[1:]
         roi = self._roi_mask(image, shape)
         if progress:
@@ -64,21 +61,15 @@ class Cascade:
         if not label_manager.has_regions:
             background[0] = 1.0  # softmax: background's probability; regions (sigmoid): every region 0
         probabilities = paste_back(crops, boxes, shape, background)
-        result = convert_predicted_logits_to_segmentation_with_correct_shape(
-            torch.from_numpy(_as_logits(probabilities, label_manager.has_regions)), p.plans_manager,
-            p.configuration_manager, label_manager, properties, return_probabilities=self.settings.probabilities)
-        if self.settings.probabilities:
-            segmentation, probs = result
-            return Prediction(np.asarray(segmentation), np.asarray(probs))
-        return Prediction(np.asarray(result), None)
+        return self.segmentation.to_prediction(
+            torch.from_numpy(_as_logits(probabilities, label_manager.has_regions)), properties)
 
     def _roi_mask(self, image: ScanImage, shape) -> np.ndarray:
         """The ROI model's foreground on the segmentation model's preprocessed grid."""
         import torch
 
         r = self.roi.predictor
-        data, _, _ = self.roi.preprocessor.run_case_npy(image.data, None, {"spacing": image.spacing},
-                                                        r.plans_manager, r.configuration_manager, r.dataset_json)
+        data, _ = self.roi.preprocess(image)
         logits = r.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float()
         foreground = r.label_manager.apply_inference_nonlin(logits)[-1:]  # the one region: the union of labels
         resized = torch.nn.functional.interpolate(foreground[None], size=tuple(shape), mode="trilinear")

@@ -148,17 +148,19 @@ class SlidingWindow:
                                                             checkpoint_name=CHECKPOINT)
         self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
 
-    def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-        import torch
-
+    def preprocess(self, image: ScanImage) -> tuple[np.ndarray, dict]:
+        """nnU-Net's preprocessing of a scan for this model: the array and nnU-Net's properties."""
         p = self.predictor
         data, _, properties = self.preprocessor.run_case_npy(image.data, None, {"spacing": image.spacing},
                                                              p.plans_manager, p.configuration_manager,
                                                              p.dataset_json)
-        passes = len(p.list_of_parameters)
-        p.tick = (lambda windows: progress(1.0 / (windows * passes))) if progress else None
-        logits = p.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        return data, properties
+
+    def to_prediction(self, logits, properties: dict) -> Prediction:
+        """nnU-Net's logits on the preprocessed grid -> the segmentation (and probabilities) in the scan's shape."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        p = self.predictor
         result = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, p.plans_manager, p.configuration_manager, p.label_manager, properties,
             return_probabilities=self.settings.probabilities)
@@ -166,3 +168,12 @@ class SlidingWindow:
             segmentation, probabilities = result
             return Prediction(np.asarray(segmentation), np.asarray(probabilities))
         return Prediction(np.asarray(result), None)
+
+    def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
+        import torch
+
+        p = self.predictor
+        data, properties = self.preprocess(image)
+        passes = len(p.list_of_parameters)
+        p.tick = (lambda windows: progress(1.0 / (windows * passes))) if progress else None
+        return self.to_prediction(p.predict_logits_from_preprocessed_data(torch.from_numpy(data)), properties)

@@ -97,9 +97,6 @@ class _CoordinateView:
             box.append((start, stop))
         return np.concatenate([np.asarray(self.data[key], np.float32), self.frame.grid(box)])
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self[:] if dtype is None else self[:].astype(dtype)
-
 
 def coordinate_dataset(dataset_class: type) -> type:
     """nnU-Net's dataset class whose cases carry their coordinate channels (for training patches and for
