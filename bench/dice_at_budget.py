@@ -5,10 +5,10 @@ For one dataset, budget and fold 0, one after the other on the same split:
 
 - ours: ``exe_train.py -t BUDGET -f 0`` on the training cases (work folder kept), then ``exe_predict.py``
   on the held-out cases;
-- plain nnU-Net: its default trainer (``nnUNetTrainer``, its plans and batch size, its data loading
-  settings) through its own API on the same preprocessed data and split, stopped when it has run as long
-  as our fold did (training plus validation); its best checkpoint (or, before its first epoch ends, the
-  weights at the stop) predicts the same held-out cases with its own predictor.
+- plain nnU-Net: its default trainer (``nnUNetTrainer``, its plans, network width and batch size, its
+  data loading settings) through its own API on the same preprocessed data and split, stopped when it has
+  run as long as our fold did (training plus validation); its best checkpoint (or, before its first epoch
+  ends, the weights at the stop) predicts the same held-out cases with its own predictor.
 
 Held-out cases (the last ``--heldout`` of the sorted cases) are never seen by either training. Both
 predict them twice with the same settings: without mirroring, and with it (both predictors' default).
@@ -60,7 +60,7 @@ def run_plain(work: Path, name: str, seconds: float) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from medseg_auto.plan import PLANS_IDENTIFIER
+    from medseg_auto.plan import PLANS_IDENTIFIER, narrow_network
     from medseg_auto.workspace import Workspace
 
     class _Stop(Exception):
@@ -82,6 +82,7 @@ def run_plain(work: Path, name: str, seconds: float) -> None:
     ws.activate()
     pre = ws.preprocessed / ws.nnunet_name
     plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
+    narrow_network(plans, "3d_fullres", 1.0)  # nnU-Net's network as it planned it, where ours was narrowed
     trainer = Stopwatch(plans, "3d_fullres", 0, json.loads((pre / "dataset.json").read_text()),
                         torch.device("cpu"))
     start = time.monotonic()
@@ -163,7 +164,7 @@ def main() -> int:
             for tta in (False, True):
                 d, per = mean_dice(work / f"pred_ours{'_tta' if tta else ''}", heldout / "labels", names)
                 print(f"ours, {'mirrored' if tta else 'no mirroring'}: mean Dice {d:.4f} ({per})")
-            print(f"rerun the same command to add plain nnU-Net's half")
+            print("rerun the same command to add plain nnU-Net's half")
             return 0
     card = json.loads((bundle / "model_card.json").read_text())
     fold = card["folds"]["0"]

@@ -28,7 +28,9 @@ CPUS = os.cpu_count() or 1
 
 # name -> (trainer class, environment, knobs): nnU-Net as its own command would run it, our CPU defaults,
 # and the probes that chose those defaults (``--probes``). Knobs: batch (int), threads (torch threads),
-# compile (torch.compile of the network and the Dice loss, as nnU-Net does on a GPU).
+# compile (torch.compile of the network and the Dice loss, as nnU-Net does on a GPU), width (features per
+# stage as a share of nnU-Net's plan; ours default to plan.CPU_WIDTH), bf16 (the network's forward under
+# CPU bfloat16 autocast, its outputs back to float32 for the loss), channels_last (channels-last 3D weights).
 OURS_ENV = {"nnUNet_n_proc_DA": str(max(1, CPUS // 4))}
 VARIANTS = {
     "nnunet": ("nnUNetTrainer", {}, {}),
@@ -42,6 +44,9 @@ PROBES = {
     "ours DA 2 workers": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": "2"}, {}),
     "ours 1 torch thread": ("nnUNetTrainerTimeBudget", OURS_ENV, {"threads": 1}),
     "ours torch.compile": ("nnUNetTrainerTimeBudget", OURS_ENV, {"compile": True}),
+    "ours nnU-Net's width": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 1.0}),
+    "ours bf16 autocast": ("nnUNetTrainerTimeBudget", OURS_ENV, {"bf16": True}),
+    "ours channels-last": ("nnUNetTrainerTimeBudget", OURS_ENV, {"channels_last": True}),
 }
 
 
@@ -51,7 +56,7 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     import numpy as np
     import torch
 
-    from medseg_auto.plan import PLANS_IDENTIFIER
+    from medseg_auto.plan import CPU_WIDTH, PLANS_IDENTIFIER, narrow_network
     from medseg_auto.workspace import Workspace
 
     ws = Workspace(work / NAME, NAME)
@@ -79,10 +84,23 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
 
     pre = ws.preprocessed / ws.nnunet_name
     plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
+    ours = trainer_name == "nnUNetTrainerTimeBudget"
+    narrow_network(plans, "3d_fullres", knobs.get("width", CPU_WIDTH) if ours else 1.0)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainer = cls(plans, "3d_fullres", 0, dataset_json, device)
     trainer.on_train_start()
     trainer.network.train()
+    if knobs.get("channels_last"):
+        trainer.network.to(memory_format=torch.channels_last_3d)
+    if knobs.get("bf16"):
+        forward = trainer.network.forward
+
+        def bf16_forward(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = forward(x)
+            return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+        trainer.network.forward = bf16_forward
     try:
         start = time.perf_counter()
         for _ in range(warmup):
@@ -102,7 +120,9 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
                 loader._finish()
     patch = list(trainer.configuration_manager.patch_size)
     voxels = trainer.batch_size * int(np.prod(patch))
+    features = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"]
     return {"variant": variant, "trainer": trainer_name, "batch": trainer.batch_size, "patch": patch,
+            "features": features,
             "torch_threads": torch.get_num_threads(),
             "da_workers": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default"),
             "compiled": hasattr(trainer.network, "_orig_mod"), "warmup_seconds": warmup_seconds,
@@ -156,11 +176,12 @@ def main() -> int:
 
     print(f"\nmachine: {CPUS} CPU cores, torch {torch.__version__}, device cpu; hippocampus 3d_fullres, "
           f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
-    print("| variant | trainer | batch x patch | torch threads | DA workers | compiled | warm-up s | first val. step s "
-          "| s / iteration | samples / s | voxels / s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | trainer | features per stage | batch x patch | torch threads | DA workers | compiled "
+          "| warm-up s | first val. step s | s / iteration | samples / s | voxels / s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['trainer']} | {r['batch']} x {'x'.join(map(str, r['patch']))} | "
+        print(f"| {r['variant']} | {r['trainer']} | {','.join(map(str, r['features']))} | "
+              f"{r['batch']} x {'x'.join(map(str, r['patch']))} | "
               f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | {r['warmup_seconds']:.0f} | "
               f"{r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | "
               f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")

@@ -1,7 +1,8 @@
 """Plan stage: nnU-Net's fingerprint, experiment planning and preprocessing, through its Python API.
 
-nnU-Net decides patch size, network topology, spacing and normalisation; we only pick which of its
-configurations to preprocess (one, to save the user's budget) and time each step for the run's clock.
+nnU-Net decides patch size, network topology, spacing and normalisation; we pick which of its
+configurations to preprocess (one, to save the user's budget), time each step for the run's clock and, on
+a CPU, narrow the network (``narrow_network``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from medseg_auto.workspace import Workspace
 
 PLANS_IDENTIFIER = "nnUNetPlans"
 CONFIGURATIONS = ("auto", "2d", "3d_fullres", "3d_lowres")
+CPU_WIDTH = 0.5  # features per stage on a CPU, a share of nnU-Net's plan (bench/RESULTS.md, dice at budget)
+WIDTH_KEY = "medseg_auto_width"  # in a configuration whose network was narrowed: the share and nnU-Net's widths
 
 
 @dataclass
@@ -57,10 +60,12 @@ def choose_configuration(requested: str, is_2d: bool, plans: dict) -> str:
 
 
 def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, processes: int,
-                        pretrained=None) -> PlanResult:
-    """Fingerprint, plan, then preprocess only the configuration that will be trained.
+                        pretrained=None, width: float = 1.0) -> PlanResult:
+    """Fingerprint, plan, then preprocess only the configuration that will be trained, its network's
+    features scaled by ``width``.
 
-    With ``pretrained`` (a ``PretrainedBundle``) the bundle's plans are transferred instead of planned.
+    With ``pretrained`` (a ``PretrainedBundle``) the bundle's plans, network included, are transferred
+    instead of planned.
     Reuses finished steps of an interrupted run (the plans file and a complete preprocessed folder).
     """
     workspace.activate()  # nnU-Net reads its folders from the environment
@@ -87,6 +92,8 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
         seconds["planning"] = time.monotonic() - t
     plans = json.loads(plans_file.read_text())
     configuration = choose_configuration(pretrained.configuration if pretrained else requested, is_2d, plans)
+    if pretrained is None and narrow_network(plans, configuration, width):
+        write_plans(workspace, plans)
     seconds["preprocessing"] = preprocess_configuration(workspace, plans, configuration, processes)
     return PlanResult(configuration, plans, seconds)
 
@@ -100,9 +107,7 @@ def preprocess_configuration(workspace: Workspace, plans: dict, configuration: s
     done_marker = base / f".preprocessed_{configuration}"
     if done_marker.is_file():
         return 0.0
-    plans_file = base / f"{PLANS_IDENTIFIER}.json"
-    if json.loads(plans_file.read_text()) != plans:
-        plans_file.write_text(json.dumps(plans, indent=2))
+    write_plans(workspace, plans)
     cfg = plans["configurations"][configuration]
     _phase(f"preprocessing for {configuration}: patch {'x'.join(map(str, cfg['patch_size'][::-1]))} voxels, "
            f"spacing {'x'.join(f'{s:.3g}' for s in cfg['spacing'][::-1])} mm (x, y, z)")
@@ -142,6 +147,40 @@ def add_coarse_configuration(workspace: Workspace, plans: dict, base: str, name:
     recursive_fix_for_json_export(coarse)  # numpy numbers -> JSON's
     plans["configurations"][name] = coarse
     return name
+
+
+def narrow_network(plans: dict, configuration: str, width: float) -> bool:
+    """Scale the features per stage of ``configuration``'s network by ``width`` (in place, at least 8 each);
+    returns whether the plans changed.
+
+    nnU-Net sizes its networks for a GPU. On a CPU a budgeted run is limited by iterations, not capacity:
+    half the features run a hippocampus iteration about 2.8x faster (bench/RESULTS.md). nnU-Net's widths
+    are kept under ``WIDTH_KEY``, so the edit is applied once and stays visible in the bundle's plans.
+    """
+    if not 0.0 < width <= 1.0:
+        raise InputError(f"--width {width:g}: use a share of nnU-Net's planned features in (0, 1]")
+    config = plans["configurations"][configuration]
+    done = config.get(WIDTH_KEY, {"width": 1.0})  # plans kept from an earlier run may be narrowed already
+    if width == done["width"]:
+        return False
+    source = config
+    while "architecture" not in source:  # an inheriting configuration: narrow a copy of its parent's network
+        source = plans["configurations"][source["inherits_from"]]
+    arch = json.loads(json.dumps(source["architecture"]))
+    planned = done.get("planned_features_per_stage") or list(arch["arch_kwargs"]["features_per_stage"])
+    arch["arch_kwargs"]["features_per_stage"] = [max(8, int(round(f * width))) for f in planned]
+    config["architecture"] = arch
+    config[WIDTH_KEY] = {"width": width, "planned_features_per_stage": planned}
+    if width == 1.0:
+        del config[WIDTH_KEY]
+    return True
+
+
+def write_plans(workspace: Workspace, plans: dict) -> None:
+    """Write ``plans`` to the plans file nnU-Net reads (when they differ), so a resumed run finds them."""
+    plans_file = workspace.preprocessed / workspace.nnunet_name / f"{PLANS_IDENTIFIER}.json"
+    if json.loads(plans_file.read_text()) != plans:
+        plans_file.write_text(json.dumps(plans, indent=2))
 
 
 def _phase(text: str) -> None:

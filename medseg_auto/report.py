@@ -113,12 +113,25 @@ def _fold_card(fold: dict) -> dict:
 def network_description(plan, channels: list[str]) -> dict:
     """The network class the plans name, and a dual-branch network's channel groups by name."""
     arch = plan.setting("architecture")
-    desc = {"class": arch["network_class_name"]}
     kwargs = arch["arch_kwargs"]
+    desc = {"class": arch["network_class_name"], "features_per_stage": kwargs["features_per_stage"]}
+    narrowed = _width_record(plan)
+    if narrowed:  # nnU-Net's widths, scaled for a CPU (plan.narrow_network)
+        desc["width"] = narrowed["width"]
+        desc["planned_features_per_stage"] = narrowed["planned_features_per_stage"]
     if "branches" in kwargs:
         desc["branches"] = [[channels[i] for i in group] for group in kwargs["branches"]]
         desc["fuse_stage"] = kwargs["fuse_stage"]
     return desc
+
+
+def _width_record(plan) -> dict | None:
+    from medseg_auto.plan import WIDTH_KEY
+
+    try:
+        return plan.setting(WIDTH_KEY)
+    except KeyError:
+        return None
 
 
 def _stages_text(stages: list | None) -> str:
@@ -150,6 +163,7 @@ def model_card_readme(card: dict) -> str:
         f"- nnU-Net configuration {card['configuration']}, patch {'x'.join(map(str, card['patch_size'][::-1]))} "
         f"voxels (x, y, z), "
         f"trainer {card['trainer']}" + _branches_text(card.get("network", {})) + ".",
+        _width_text(card.get("network", {})),
         f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min"
         + _stages_text(card.get("stages")) + ".",
         f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
@@ -171,6 +185,15 @@ def _branches_text(network: dict) -> str:
         return ""
     groups = " | ".join(", ".join(g) for g in network["branches"])
     return f" (branches {groups}, fused after stage {network['fuse_stage']})"
+
+
+def _width_text(network: dict) -> str:
+    features = ", ".join(map(str, network.get("features_per_stage", [])))
+    if "width" not in network:
+        return f"- Network features per stage: {features} (nnU-Net's plan)."
+    planned = ", ".join(map(str, network["planned_features_per_stage"]))
+    return (f"- Network features per stage: {features}, {network['width']:g} of nnU-Net's plan ({planned}): "
+            f"a narrower network runs more iterations in the budget (the default on a CPU).")
 
 
 def _version(package: str) -> str:

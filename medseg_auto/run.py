@@ -50,6 +50,7 @@ class RunOptions:
     consume_input: bool = False
     input_root: Path | None = None           # the drop-in folder (input_train/): --consume-input stays inside
     pretrained: Path | None = None           # a bundle to fine-tune from
+    width: float | None = None               # network features, share of nnU-Net's plan (None: by device)
     advise_budget: bool = True               # warn when folds get little time (off for --example)
     settings: dict = field(default_factory=dict)  # trainer settings (FoldBudget fields) from the CLI
     trainer_options: dict = field(default_factory=dict)  # for the trainer's plans (dual-branch: branches, fuse_stage)
@@ -57,7 +58,7 @@ class RunOptions:
     def identity(self) -> dict:
         """What must match for a rerun to continue an interrupted run (the budget may change)."""
         return {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
-                "trainer": self.trainer, "settings": self.settings, "trainer_options": self.trainer_options,
+                "trainer": self.trainer, "width": self.width, "settings": self.settings, "trainer_options": self.trainer_options,
                 "pretrained": str(self.pretrained) if self.pretrained else None}
 
 
@@ -124,7 +125,7 @@ class _Run:
 
     def _plan_train_export(self) -> Path | None:
         from medseg_auto.device import select_device
-        from medseg_auto.plan import plan_and_preprocess
+        from medseg_auto.plan import CPU_WIDTH, plan_and_preprocess
         from medseg_auto.train import configure_nnunet_processes
         from medseg_auto.trainers import trainer_class as get_trainer
 
@@ -139,8 +140,9 @@ class _Run:
                                               self.opts.configuration)
         print(f"\n[plan] nnU-Net's fingerprint, planning and preprocessing: about "
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
+        width = self.opts.width if self.opts.width is not None else CPU_WIDTH if device.type == "cpu" else 1.0
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
-                                   processes=os.cpu_count() or 1, pretrained=self.pretrained)
+                                   processes=os.cpu_count() or 1, pretrained=self.pretrained, width=width)
         trainer = get_trainer(self.opts.trainer)
         plan.configuration = trainer.adapt_plans(plan.plans, plan.configuration,
                                                  self.record["channels"]["nnunet_names"], self.opts.trainer_options)

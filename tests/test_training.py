@@ -41,6 +41,11 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert card["channels"] == ["MRI"] and card["training_cases"] == 12
     readme = (bundle / "README.md").read_text()
     assert "anterior" in readme and "| 0 |" in readme
+    network = card["network"]  # on a CPU the network is nnU-Net's at half width, in the bundle's plans too
+    assert network["width"] == 0.5 and "0.5 of nnU-Net's plan" in readme
+    assert network["planned_features_per_stage"] == [2 * f for f in network["features_per_stage"]]
+    arch = json.loads((bundle / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
+    assert arch["arch_kwargs"]["features_per_stage"] == network["features_per_stage"]
     checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint
     assert json.loads((bundle / "medseg_auto.json").read_text())["trainer"] == "nnUNetTrainerTimeBudget"

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consume-input", action="store_true", help="delete input_train/NAME after a verified export")
     p.add_argument("--pretrained", type=Path, metavar="BUNDLE", help="fine-tune from an earlier model "
                    "(output_models/OLD) trained on the same channels; its network and preprocessing are kept")
+    p.add_argument("--width", type=float, metavar="W", help="network features per stage as a share of nnU-Net's "
+                   "plan (default: 0.5 on a CPU, where more iterations are worth more than width; 1 on a GPU)")
     p.add_argument("--lr-shape", default="constant_decay", choices=SHAPES, help="learning rate over the fold's "
                    "time: constant then linear decay (default), poly, cosine")
     p.add_argument("--decay-fraction", type=float, default=0.3, help="constant_decay: share of the time spent "
@@ -126,6 +128,11 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         raise InputError(f"-t {args.minutes:g}: the budget must be a positive number of minutes")
     if not 0.0 < args.decay_fraction <= 1.0:
         raise InputError(f"--decay-fraction {args.decay_fraction:g}: use a share of the time in (0, 1]")
+    if args.width is not None and not 0.0 < args.width <= 1.0:
+        raise InputError(f"--width {args.width:g}: use a share of nnU-Net's planned features in (0, 1]")
+    if args.width is not None and args.pretrained:
+        raise InputError("--width with --pretrained: a fine-tuned model keeps the network of the bundle it starts "
+                         "from; leave out --width")
     trainer_options = {k: v for k, v in (("branches", args.branches), ("fuse_stage", args.fuse_stage))
                        if v is not None}
     if trainer_options and args.trainer != "dualbranch":
@@ -149,7 +156,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         output_dir=(args.output_dir or root / "output_models"), command=shlex.join([*_program(), *resume_argv]),
         dry_run=args.dry_run, check_only=args.check, resume=args.resume, restart=args.restart, keep_work=args.keep_work,
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
-        pretrained=args.pretrained.resolve() if args.pretrained else None, advise_budget=not args.example,
+        pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width, advise_budget=not args.example,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:

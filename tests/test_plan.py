@@ -1,0 +1,68 @@
+"""Plans edits of the plan stage: the network narrowed for a CPU, and the CLI's checks of --width."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import copy_hippocampus
+from medseg_auto.errors import InputError
+from medseg_auto.plan import WIDTH_KEY, narrow_network
+
+PLANNED = [32, 64, 128, 256, 320]
+
+
+def _plans() -> dict:
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 5, "features_per_stage": list(PLANNED)}, "_kw_requires_import": []}
+    return {"configurations": {"3d_fullres": {"patch_size": [40, 56, 40], "architecture": arch},
+                               "3d_child": {"inherits_from": "3d_fullres", "batch_size": 2}}}
+
+
+def _features(plans: dict, configuration: str) -> list[int]:
+    return plans["configurations"][configuration]["architecture"]["arch_kwargs"]["features_per_stage"]
+
+
+def test_narrowing_scales_every_stage_and_keeps_nnunets_widths():
+    plans = _plans()
+    assert narrow_network(plans, "3d_fullres", 0.5)
+    assert _features(plans, "3d_fullres") == [16, 32, 64, 128, 160]
+    assert plans["configurations"]["3d_fullres"][WIDTH_KEY] == {"width": 0.5, "planned_features_per_stage": PLANNED}
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 56, 40]  # nothing else changes
+    json.dumps(plans)  # still JSON for nnU-Net's plans file
+
+
+def test_narrowing_is_applied_once_and_undone_from_nnunets_widths():
+    plans = _plans()
+    narrow_network(plans, "3d_fullres", 0.5)
+    assert not narrow_network(plans, "3d_fullres", 0.5)  # plans kept from an earlier run: not narrowed twice
+    assert _features(plans, "3d_fullres") == [16, 32, 64, 128, 160]
+    assert narrow_network(plans, "3d_fullres", 0.25)  # another width starts again from nnU-Net's plan
+    assert _features(plans, "3d_fullres") == [8, 16, 32, 64, 80]
+    assert narrow_network(plans, "3d_fullres", 1.0)
+    assert _features(plans, "3d_fullres") == PLANNED and WIDTH_KEY not in plans["configurations"]["3d_fullres"]
+    assert not narrow_network(_plans(), "3d_fullres", 1.0)
+
+
+def test_narrowing_an_inheriting_configuration_leaves_its_parent_alone():
+    plans = _plans()
+    assert narrow_network(plans, "3d_child", 0.5)
+    assert _features(plans, "3d_child") == [16, 32, 64, 128, 160]
+    assert _features(plans, "3d_fullres") == PLANNED
+    assert narrow_network(plans, "3d_child", 0.125)
+    assert _features(plans, "3d_child") == [8, 8, 16, 32, 40]  # at least 8 features per stage
+
+
+@pytest.mark.parametrize("width", [0.0, -0.5, 1.5])
+def test_a_width_outside_0_1_is_refused(width):
+    with pytest.raises(InputError, match="--width"):
+        narrow_network(_plans(), "3d_fullres", width)
+
+
+@pytest.mark.parametrize("args, message", [(("--width", "2"), "share of nnU-Net's planned features"),
+                                           (("--width", "0.5", "--pretrained", "old"), "keeps the network")])
+def test_cli_refuses_bad_width_before_reading_the_data(project, train_cli, args, message):
+    copy_hippocampus(project / "input_train" / "hippo", 2)
+    code, _, err = train_cli("-d", "hippo", "-t", "5", "-f", "0", *args)
+    assert code == 2 and message in err, err
+    assert not (project / "work").exists()
