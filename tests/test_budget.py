@@ -6,6 +6,7 @@ import torch
 
 from medseg_auto.budget import FoldShare, budget_advice, fmt_duration, split_training
 from medseg_auto.trainers.schedule import ElapsedFractionLR, lr_factor
+from medseg_auto.trainers.time_budget import _Speed, epoch_iterations
 from conftest import copy_hippocampus
 
 def test_constant_then_linear_decay_reaches_zero_when_time_is_up():
@@ -34,6 +35,23 @@ def test_scheduler_sets_every_group_from_the_clock_not_the_epoch():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.005])
     now["f"] = 0.8  # the time left was re-estimated upwards: the rate holds, it never climbs back
     assert sched.step() == pytest.approx(0.005)
+
+def test_epochs_are_sized_from_measured_speed_and_stop_when_time_is_up():
+    speed = _Speed(train_iter=0.5, val_iter=0.2, overhead=2.0)  # hippocampus, half width, 2 cores
+    assert epoch_iterations(1500.0, 1800.0, speed, 120.0) == int(90.0 / 0.52)  # a twentieth of the time
+    assert epoch_iterations(1500.0, 36000.0, speed, 120.0) == 230  # at most max_epoch_seconds
+    assert epoch_iterations(1500.0, 36000.0, _Speed(0.01, 0.005, 0.1), 120.0) == 250  # nnU-Net's epoch at most
+    assert epoch_iterations(5.0, 1800.0, speed, 120.0) == 5  # what still fits
+    assert epoch_iterations(2.0, 1800.0, speed, 120.0) == 0  # nothing fits: time is up
+
+
+def test_slow_iterations_make_epochs_long_enough_to_amortise_their_validation_step():
+    speed = _Speed(train_iter=30.0, val_iter=9.0, overhead=2.0)  # full-size BraTS patches on 2 cores
+    n = epoch_iterations(800.0, 850.0, speed, 120.0)
+    assert n == 4  # a twentieth of the time would be 1 iteration, then 9 + 2 of every 41 s would go to overhead
+    assert speed.val_iter + speed.overhead <= 0.1 * n * speed.train_iter
+    assert epoch_iterations(100.0, 850.0, speed, 120.0) == 3  # but never more than fit
+
 
 def test_split_is_equal_when_fresh_and_by_remaining_need_when_resumed():
     fresh = split_training(300.0, [FoldShare(0), FoldShare(1), FoldShare(2)])

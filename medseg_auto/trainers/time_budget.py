@@ -66,6 +66,18 @@ class _Speed:
         setattr(self, name, value if old is None else 0.5 * old + 0.5 * value)
 
 
+def epoch_iterations(left: float, training_seconds: float, speed: _Speed, max_epoch_seconds: float) -> int:
+    """Training iterations for the next epoch, from measured speed: about a twentieth of the training time
+    (10 s to ``max_epoch_seconds``), so the log and the checkpoints come often, but enough that the epoch's
+    validation step and its end (checkpoint, plot) stay under a tenth of it when iterations are slow (large
+    patches on a CPU); never more than fit in the ``left`` seconds (0: time is up) nor nnU-Net's 250."""
+    per_iter = speed.train_iter + (speed.val_iter or 0.0) / 10
+    target = min(max_epoch_seconds, max(10.0, training_seconds / 20))
+    least = math.ceil(10 * ((speed.val_iter or 0.0) + speed.overhead) / speed.train_iter)
+    fits = int((left - speed.overhead) / per_iter)
+    return max(0, min(max(int(target / per_iter), least), fits, 250))
+
+
 class nnUNetTrainerTimeBudget(nnUNetTrainer):
     inference_trainer_name = "nnUNetTrainer"  # same network and inference: bundles load in plain nnU-Net
     case_predictor = "sliding_window"  # how exe_predict.py runs its bundles (medseg_auto.predict.engine)
@@ -144,10 +156,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             if left <= 0:
                 raise _TimeUp
         else:
-            per_iter = s.train_iter + (s.val_iter or 0.0) / 10
-            target = min(self.budget.max_epoch_seconds, max(10.0, self.training_seconds() / 20))
-            fits = int((left - s.overhead) / per_iter)
-            n = min(int(target / per_iter), fits, 250)
+            n = epoch_iterations(left, self.training_seconds(), s, self.budget.max_epoch_seconds)
             if n < 1:
                 raise _TimeUp
             self.num_iterations_per_epoch = n
