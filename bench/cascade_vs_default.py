@@ -119,9 +119,10 @@ def main() -> int:
 
     import torch
 
+    inference = "step 0.5 with mirroring" if args.tta else "--fast"
     print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}; BraTS 2015 "
           f"subset, FLAIR + T1c at 240x240x155; trained on {', '.join(train_cases)} (-f full, -t {args.minutes:g} "
-          f"each); held out: {', '.join(test_cases)}; inference {'step 0.5 with mirroring' if args.tta else '--fast'}\n")
+          f"each); held out: {', '.join(test_cases)}; inference {inference}\n")
     regions = list(results["default"]["dice"])
     print("| trainer | run wall time | iterations x batch | patch | features per stage | s / case | model load s "
           "| peak memory MB | " + " | ".join(f"Dice {r}" for r in regions) + " |")

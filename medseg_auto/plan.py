@@ -154,8 +154,9 @@ def narrow_network(plans: dict, configuration: str, width: float) -> bool:
     returns whether the plans changed.
 
     nnU-Net sizes its networks for a GPU. On a CPU a budgeted run is limited by iterations, not capacity:
-    half the features run a hippocampus iteration about 2.8x faster (bench/RESULTS.md). nnU-Net's widths
-    are kept under ``WIDTH_KEY``, so the edit is applied once and stays visible in the bundle's plans.
+    half the features run a hippocampus training iteration about 2.7x faster (bench/RESULTS.md). nnU-Net's
+    widths are kept under ``WIDTH_KEY``: the edit stays visible in the bundle's plans, and plans kept from an
+    earlier run are scaled from nnU-Net's widths again, not twice.
     """
     if not 0.0 < width <= 1.0:
         raise InputError(f"--width {width:g}: use a share of nnU-Net's planned features in (0, 1]")

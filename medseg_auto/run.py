@@ -58,7 +58,8 @@ class RunOptions:
     def identity(self) -> dict:
         """What must match for a rerun to continue an interrupted run (the budget may change)."""
         return {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
-                "trainer": self.trainer, "width": self.width, "settings": self.settings, "trainer_options": self.trainer_options,
+                "trainer": self.trainer, "width": self.width, "settings": self.settings,
+                "trainer_options": self.trainer_options,
                 "pretrained": str(self.pretrained) if self.pretrained else None}
 
 
@@ -140,7 +141,9 @@ class _Run:
                                               self.opts.configuration)
         print(f"\n[plan] nnU-Net's fingerprint, planning and preprocessing: about "
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
-        width = self.opts.width if self.opts.width is not None else CPU_WIDTH if device.type == "cpu" else 1.0
+        # the device's default width, or the one the interrupted run started with (its checkpoints' network)
+        width = self.record.setdefault("width", self.opts.width if self.opts.width is not None else
+                                       CPU_WIDTH if device.type == "cpu" else 1.0)
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
                                    processes=os.cpu_count() or 1, pretrained=self.pretrained, width=width)
         trainer = get_trainer(self.opts.trainer)

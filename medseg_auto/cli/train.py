@@ -156,7 +156,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         output_dir=(args.output_dir or root / "output_models"), command=shlex.join([*_program(), *resume_argv]),
         dry_run=args.dry_run, check_only=args.check, resume=args.resume, restart=args.restart, keep_work=args.keep_work,
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
-        pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width, advise_budget=not args.example,
+        pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
+        advise_budget=not args.example,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
