@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,8 @@ def main() -> int:
     p.add_argument("--train-cases", type=int, default=None, help="at most this many training cases")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--ours-only", action="store_true", help="stop after our half (a rerun adds nnU-Net's)")
+    p.add_argument("--train-args", default="", help="more exe_train.py flags for our half, to try a setting "
+                   "against the defaults (e.g. '--decay-fraction 0.5')")
     p.add_argument("--plain-seconds", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     name = args.dataset.name
@@ -149,11 +152,12 @@ def main() -> int:
         return 2
     else:
         _, heldout = split_cases(args.dataset, work, args.heldout, args.train_cases)
-        print(f"[ours] exe_train.py -t {args.minutes:g} -f 0", file=sys.stderr, flush=True)
+        print(f"[ours] exe_train.py -t {args.minutes:g} -f 0 {args.train_args}", file=sys.stderr, flush=True)
         start = time.monotonic()
         subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", name, "-l", args.labels, "-f", "0", "-t",
                         f"{args.minutes:g}", "--keep-work", "--input-dir", str(work / "input_train"), "--work-dir",
-                        str(work / "work"), "--output-dir", str(work / "output_models")], check=True, env=clean)
+                        str(work / "work"), "--output-dir", str(work / "output_models"), *shlex.split(args.train_args)],
+                       check=True, env=clean)
         ours_wall = time.monotonic() - start
         for flags, out in ((["--no-tta"], "pred_ours"), ([], "pred_ours_tta")):
             subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
