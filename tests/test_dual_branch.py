@@ -168,8 +168,11 @@ def test_dual_branch_bundle_trains_and_predicts_on_brats_crops(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     bundle = tmp_path / "output_models" / "brats"
     card = json.loads((bundle / "model_card.json").read_text())
-    assert card["network"] == {"class": CLASS_NAME, "branches": [["T1c"], ["FLAIR"]], "fuse_stage":
-                               card["network"]["fuse_stage"]}
+    network = card["network"]  # on a CPU both branches are built at half of nnU-Net's planned width
+    planned = network["planned_features_per_stage"]
+    assert network == {"class": CLASS_NAME, "branches": [["T1c"], ["FLAIR"]], "fuse_stage": network["fuse_stage"],
+                       "width": 0.5, "planned_features_per_stage": planned,
+                       "features_per_stage": [f // 2 for f in planned]}
     channels = card["channels"]
     assert channels.index("T1c") != channels.index("FLAIR")
     scans = tmp_path / "scans"
