@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from medseg_auto.train import nnunet_process_settings
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
 NAME = "throughput"
@@ -31,7 +33,7 @@ CPUS = os.cpu_count() or 1
 # compile (torch.compile of the network and the Dice loss, as nnU-Net does on a GPU), width (features per
 # stage as a share of nnU-Net's plan; ours default to plan.CPU_WIDTH), bf16 (the network's forward under
 # CPU bfloat16 autocast, its outputs back to float32 for the loss), channels_last (channels-last 3D weights).
-OURS_ENV = {"nnUNet_n_proc_DA": str(max(1, CPUS // 4))}
+OURS_ENV = nnunet_process_settings("cpu")  # what exe_train.py sets on a CPU
 VARIANTS = {
     "nnunet": ("nnUNetTrainer", {}, {}),
     "ours": ("nnUNetTrainerTimeBudget", OURS_ENV, {}),
@@ -40,8 +42,8 @@ PROBES = {
     "ours batch 1": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 1}),
     "ours batch 3": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 3}),
     "ours batch 4": ("nnUNetTrainerTimeBudget", OURS_ENV, {"batch": 4}),
-    "ours DA in main process": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": "0"}, {}),
-    "ours DA 2 workers": ("nnUNetTrainerTimeBudget", {"nnUNet_n_proc_DA": "2"}, {}),
+    "ours DA in main process": ("nnUNetTrainerTimeBudget", OURS_ENV | {"nnUNet_n_proc_DA": "0"}, {}),
+    "ours DA 2 workers": ("nnUNetTrainerTimeBudget", OURS_ENV | {"nnUNet_n_proc_DA": "2"}, {}),
     "ours 1 torch thread": ("nnUNetTrainerTimeBudget", OURS_ENV, {"threads": 1}),
     "ours torch.compile": ("nnUNetTrainerTimeBudget", OURS_ENV, {"compile": True}),
     "ours nnU-Net's width": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 1.0}),
@@ -62,7 +64,8 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     ws = Workspace(work / NAME, NAME)
     ws.activate()
     trainer_name, _, knobs = (VARIANTS | PROBES)[variant]
-    if trainer_name == "nnUNetTrainerTimeBudget":
+    ours = trainer_name == "nnUNetTrainerTimeBudget"
+    if ours:
         from medseg_auto.device import select_device
         from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget as base
 
@@ -84,7 +87,6 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
 
     pre = ws.preprocessed / ws.nnunet_name
     plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
-    ours = trainer_name == "nnUNetTrainerTimeBudget"
     narrow_network(plans, "3d_fullres", knobs.get("width", CPU_WIDTH) if ours else 1.0)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainer = cls(plans, "3d_fullres", 0, dataset_json, device)

@@ -37,13 +37,20 @@ class FoldResult:
         return self.__dict__.copy()
 
 
-def configure_nnunet_processes(device_type: str) -> None:
-    """Worker counts for nnU-Net unless the user set them: on a CPU its augmentation workers compete with
-    the training threads for the same cores, so they get few (nnU-Net's default is up to 12)."""
+def nnunet_process_settings(device_type: str) -> dict[str, str]:
+    """Our worker counts for nnU-Net (its environment variables): on a CPU its augmentation workers compete
+    with the training threads for the same cores, so they get few (nnU-Net's default is up to 12)."""
     cpus = os.cpu_count() or 1
-    os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(4, cpus))))
+    settings = {"nnUNet_def_n_proc": str(max(1, min(4, cpus)))}
     if device_type == "cpu":
-        os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, cpus // 4)))
+        settings["nnUNet_n_proc_DA"] = str(max(1, cpus // 4))
+    return settings
+
+
+def configure_nnunet_processes(device_type: str) -> None:
+    """Set ``nnunet_process_settings`` in this process's environment, unless the user set them."""
+    for key, value in nnunet_process_settings(device_type).items():
+        os.environ.setdefault(key, value)
 
 
 class StopRequest:
