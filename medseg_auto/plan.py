@@ -177,6 +177,14 @@ def narrow_network(plans: dict, configuration: str, width: float) -> bool:
     return True
 
 
+def network_width(plans: dict, configuration: str) -> float:
+    """The share of nnU-Net's planned features that ``configuration``'s network has (1: nnU-Net's own)."""
+    config = plans["configurations"][configuration]
+    while WIDTH_KEY not in config and "inherits_from" in config:
+        config = plans["configurations"][config["inherits_from"]]
+    return config.get(WIDTH_KEY, {}).get("width", 1.0)
+
+
 def write_plans(workspace: Workspace, plans: dict) -> None:
     """Write ``plans`` to the plans file nnU-Net reads (when they differ), so a resumed run finds them."""
     plans_file = workspace.preprocessed / workspace.nnunet_name / f"{PLANS_IDENTIFIER}.json"

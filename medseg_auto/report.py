@@ -94,6 +94,7 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
         "budget_minutes": round(clock.budget / 60, 2),
         "time_used_seconds": round(clock.elapsed(), 1),
         "phases_seconds": record.get("phases", {}),
+        "training_settings": record.get("training_settings", {}),
         "stages": record.get("plan", {}).get("stages") or None,
         "folds": {str(f["fold"]): _fold_card(f) for f in folds},
         "cross_validation_dice": cv,
@@ -164,6 +165,7 @@ def model_card_readme(card: dict) -> str:
         f"voxels (x, y, z), "
         f"trainer {card['trainer']}" + _branches_text(card.get("network", {})) + ".",
         _width_text(card.get("network", {})),
+        _settings_text(card.get("training_settings", {}), card["folds"], card.get("planned_batch_size")),
         f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min"
         + _stages_text(card.get("stages")) + ".",
         f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
@@ -194,6 +196,26 @@ def _width_text(network: dict) -> str:
     planned = ", ".join(map(str, network["planned_features_per_stage"]))
     return (f"- Network features per stage: {features}, {network['width']:g} of nnU-Net's plan ({planned}): "
             f"a narrower network runs more iterations in the budget (the default on a CPU).")
+
+
+def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> str:
+    """One line on how training used the machine (train.training_settings), e.g. the CPU defaults."""
+    if not settings:
+        return "- Training settings: not recorded."
+    workers = settings["augmentation_workers"]
+    parts = [f"- Trained on {settings['device']}: {settings['torch_threads']} torch thread(s), "
+             f"{workers or 'no'} augmentation worker(s)" + (" (augmentation in the main process)" if not workers
+                                                         else "")]
+    if "cpu_batch_voxels" in settings:
+        batches = sorted({f["batch_size"] for f in folds.values()})
+        parts.append(f"batch at most {settings['cpu_batch_voxels']:,} voxels on a CPU (batch "
+                     f"{', '.join(map(str, batches))}; nnU-Net planned {planned_batch} for a GPU)")
+    if settings["lr_shape"] == "constant_decay":
+        parts.append(f"learning rate constant, then linear to zero over the last "
+                     f"{settings['decay_fraction']:.0%} of each fold's time")
+    else:
+        parts.append(f"learning rate: {settings['lr_shape']} over each fold's time")
+    return "; ".join(parts) + "."
 
 
 def _version(package: str) -> str:

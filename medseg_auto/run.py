@@ -127,13 +127,14 @@ class _Run:
     def _plan_train_export(self) -> Path | None:
         from medseg_auto.device import select_device
         from medseg_auto.plan import CPU_WIDTH, plan_and_preprocess
-        from medseg_auto.train import configure_nnunet_processes
+        from medseg_auto.train import configure_nnunet_processes, training_settings
         from medseg_auto.trainers import trainer_class as get_trainer
 
         get_trainer(self.opts.trainer).check_options(self.record["channels"]["nnunet_names"],
                                                      self.opts.trainer_options)
         device = select_device(self.opts.device)
         configure_nnunet_processes(device.type)
+        self.record["training_settings"] = training_settings(device.type, self.opts.settings)
         if self.opts.pretrained is not None:
             from medseg_auto.pretrained import open_pretrained
 

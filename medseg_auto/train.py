@@ -53,6 +53,24 @@ def configure_nnunet_processes(device_type: str) -> None:
         os.environ.setdefault(key, value)
 
 
+def training_settings(device_type: str, settings: dict) -> dict:
+    """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
+    workers (as nnU-Net reads them), the learning-rate shape and, on a CPU, the batch cap in voxels."""
+    import torch
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    from medseg_auto.trainers.time_budget import FoldBudget
+
+    budget = FoldBudget(**settings)
+    out = {"device": device_type, "torch_threads": torch.get_num_threads(),
+           "augmentation_workers": get_allowed_n_proc_DA(), "lr_shape": budget.lr_shape}
+    if budget.lr_shape == "constant_decay":
+        out["decay_fraction"] = budget.decay_fraction
+    if device_type == "cpu":
+        out["cpu_batch_voxels"] = budget.cpu_batch_voxels
+    return out
+
+
 class StopRequest:
     """Ctrl+C and SIGTERM. While a trainer is in its loop the stop is deferred to its next step (it saves a
     checkpoint first); anywhere else, or at a second signal, it interrupts at once (KeyboardInterrupt)."""

@@ -53,6 +53,33 @@ def test_slow_iterations_make_epochs_long_enough_to_amortise_their_validation_st
     assert epoch_iterations(100.0, 850.0, speed, 120.0) == 3  # but never more than fit
 
 
+def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
+    """The final validation's reserve comes from a measured window, not from the training batch's steps."""
+    from types import SimpleNamespace
+
+    from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append((tuple(x.shape), self.training, torch.is_grad_enabled()))
+            return x
+
+    net = Net().train()
+    trainer = SimpleNamespace(_speed=_Speed(0.5, 0.2), _input_channels=None, batch_size=2, network=net,
+                              device=torch.device("cpu"), configuration_manager=SimpleNamespace(patch_size=[4, 6, 8]))
+    assert nnUNetTrainerTimeBudget.window_seconds(trainer) == 0.1  # before any training step: a guess
+    assert not net.seen
+    trainer._input_channels = 5  # image channels plus any the trainer adds (the cascade's coordinates)
+    first = nnUNetTrainerTimeBudget.window_seconds(trainer)
+    assert first >= 0.0 and trainer._speed.window == first
+    assert net.seen == [((1, 5, 4, 6, 8), False, False)] * 2 and net.training  # warm-up + timed; mode restored
+    assert nnUNetTrainerTimeBudget.window_seconds(trainer) == first and len(net.seen) == 2  # measured once
+
+
 def test_split_is_equal_when_fresh_and_by_remaining_need_when_resumed():
     fresh = split_training(300.0, [FoldShare(0), FoldShare(1), FoldShare(2)])
     assert fresh == pytest.approx({0: 100.0, 1: 100.0, 2: 100.0})

@@ -114,6 +114,26 @@ def test_patches_read_through_the_coordinate_view_match_the_whole_volume():
         np.testing.assert_array_equal(crop_and_pad_nd(view, bbox, 0), crop_and_pad_nd(full, bbox, 0))
 
 
+def test_foreground_locations_are_jittered_together_and_kept_inside_the_volume():
+    from medseg_auto.trainers.cascade import jitter_locations
+
+    shape, jitter = (20, 30, 40), (5, 7, 10)
+    locations = {1: np.array([[0, 0, 0, 0], [0, 19, 29, 39], [0, 10, 15, 20]]), 2: np.zeros((0, 4), int)}
+    shifts = set()
+    for seed in range(50):
+        np.random.seed(seed)
+        moved = jitter_locations(locations, shape, jitter)
+        assert moved[2].shape == (0, 4)
+        assert (moved[1][:, 0] == 0).all() and (moved[1][:, 1:] >= 0).all()
+        assert (moved[1][:, 1:] < np.array(shape)).all()
+        shift = moved[1][2, 1:] - locations[1][2, 1:]  # the inner voxel shows the shift unclipped
+        assert (np.abs(shift) <= np.array(jitter)).all()
+        expected = np.clip(locations[1][:, 1:] + shift, 0, np.array(shape) - 1)
+        assert (moved[1][:, 1:] == expected).all()  # one shift for every voxel of the case
+        shifts.add(tuple(shift))
+    assert len(shifts) > 40  # random, not a fixed offset
+
+
 def test_coordinates_follow_spatial_augmentation_but_not_intensity_augmentation():
     import torch
     from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
@@ -173,6 +193,8 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     roi_labels = json.loads((bundle / "roi" / "dataset.json").read_text())["labels"]
     assert roi_labels == {"background": 0, "roi": [1, 2, 3, 4]}
     assert (bundle / "roi" / "fold_all" / "checkpoint_final.pth").is_file()
+    roi_config = json.loads((bundle / "roi" / "plans.json").read_text())["configurations"]["3d_roi"]
+    assert roi_config["medseg_auto_width"]["width"] == 0.5  # on a CPU the ROI model is narrowed as the main one
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["stages"][0]["share"] == 0.3 and card["folds"]["all"]["stages"]["roi"]["iterations"] > 0
     assert "each fold: roi model 30% (3d_roi), then this model 70%" in (bundle / "README.md").read_text()

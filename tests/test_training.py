@@ -46,6 +46,11 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert network["planned_features_per_stage"] == [2 * f for f in network["features_per_stage"]]
     arch = json.loads((bundle / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"]
     assert arch["arch_kwargs"]["features_per_stage"] == network["features_per_stage"]
+    settings = card["training_settings"]  # the CPU defaults the run used, as nnU-Net read them
+    assert settings["device"] == "cpu" and settings["torch_threads"] == (os.cpu_count() or 1)
+    assert settings["augmentation_workers"] == max(1, (os.cpu_count() or 1) // 4)
+    assert settings["lr_shape"] == "constant_decay" and settings["cpu_batch_voxels"] > 0
+    assert f"{settings['torch_threads']} torch thread(s)" in readme and "batch at most" in readme
     checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint
     assert json.loads((bundle / "medseg_auto.json").read_text())["trainer"] == "nnUNetTrainerTimeBudget"

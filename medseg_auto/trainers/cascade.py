@@ -1,10 +1,12 @@
 """The cascade's two trainers: a low-resolution ROI model, then a CoordConv segmentation model for the crops.
 
 - ``nnUNetTrainerCascadeROI`` learns one region, the union of all foreground labels, on a coarse
-  configuration (``add_roi_configuration``): finding *where* to look needs no fine detail.
+  configuration (``plan.add_coarse_configuration``), at the run's network width: finding *where* to look
+  needs no fine detail.
 - ``nnUNetTrainerCascadeCoord`` learns the labels on the full-resolution configuration from the image
   channels plus three coordinate channels (``medseg_auto.networks.coordconv``), mostly on patches around
-  the foreground, which is what it sees at inference (crops around the ROI's components).
+  the foreground, shifted by up to a quarter patch, which is what it sees at inference (windows over crops
+  around the ROI's components, with a quarter-patch margin).
 
 Both are the time-budget trainer with one or two methods changed, like nnU-Net's own variants.
 """
@@ -98,14 +100,27 @@ class _CoordinateView:
         return np.concatenate([np.asarray(self.data[key], np.float32), self.frame.grid(box)])
 
 
-def coordinate_dataset(dataset_class: type) -> type:
+def jitter_locations(locations: dict, shape: Sequence[int], jitter: Sequence[int]) -> dict:
+    """nnU-Net's ``class_locations`` (rows: channel, then voxel index per axis) all moved by one random shift
+    of up to ``jitter`` voxels per axis, kept inside ``shape``: its sampler centres foreground patches on
+    these voxels, so the structure then also sits off-centre in a patch, as it does in the crops' windows."""
+    shift = np.array([0] + [np.random.randint(-j, j + 1) for j in jitter])
+    upper = np.array([np.iinfo(np.int64).max] + [n - 1 for n in shape])
+    return {key: np.clip(np.asarray(voxels) + shift, 0, upper) if len(voxels) else voxels
+            for key, voxels in locations.items()}
+
+
+def coordinate_dataset(dataset_class: type, jitter: Sequence[int] = ()) -> type:
     """nnU-Net's dataset class whose cases carry their coordinate channels (for training patches and for
-    nnU-Net's own full-volume validation alike)."""
+    nnU-Net's own full-volume validation alike), their foreground locations jittered by up to ``jitter``."""
 
     class WithCoordinates(dataset_class):
         def load_case(self, identifier):
             data, seg, seg_prev, properties = super().load_case(identifier)
             frame = CoordinateFrame.from_properties(properties, data.shape[1:])
+            if any(jitter) and properties.get("class_locations"):
+                properties = dict(properties, class_locations=jitter_locations(
+                    properties["class_locations"], data.shape[1:], jitter))
             return _CoordinateView(data, frame), seg, seg_prev, properties
 
     WithCoordinates.__name__ = WithCoordinates.__qualname__ = f"{dataset_class.__name__}WithCoordinates"
@@ -164,16 +179,20 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
 
     @classmethod
     def earlier_stages(cls, workspace, plan, processes: int) -> list[Stage]:
-        from medseg_auto.plan import add_coarse_configuration, preprocess_configuration
+        from medseg_auto.plan import (add_coarse_configuration, narrow_network, network_width,
+                                      preprocess_configuration, write_plans)
 
         base = plan.plans["configurations"][plan.configuration]["inherits_from"]
         roi = add_coarse_configuration(workspace, plan.plans, base, ROI_CONFIGURATION, ROI_TARGET_VOXELS)
+        if narrow_network(plan.plans, roi, network_width(plan.plans, plan.configuration)):  # as the main model
+            write_plans(workspace, plan.plans)
         plan.seconds["preprocessing_roi"] = preprocess_configuration(workspace, plan.plans, roi, processes)
         return [Stage("roi", nnUNetTrainerCascadeROI, roi, ROI_SHARE)]
 
     def initialize(self):
         super().initialize()
-        self.dataset_class = coordinate_dataset(self.dataset_class)
+        jitter = [p // 4 for p in self.configuration_manager.patch_size]  # the crops' margin at inference
+        self.dataset_class = coordinate_dataset(self.dataset_class, jitter)
 
     @staticmethod
     def get_training_transforms(patch_size: Sequence[int], rotation_for_DA, deep_supervision_scales,
