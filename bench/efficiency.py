@@ -135,8 +135,6 @@ def measure_training(bundle: Path, which: str, device_name: str, steps: int, bat
 
 
 def measure_inference(bundle: Path, which: str, device_name: str, scans: Path, tta: bool) -> dict:
-    import torch
-
     sys.path.insert(0, str(REPO))
     from medseg_auto.device import select_device
     from medseg_auto.predict.bundle import open_bundle

@@ -5,7 +5,6 @@ import itertools
 import json
 
 import numpy as np
-import pytest
 
 from medseg_auto.networks.coordconv import CoordinateFrame, with_coordinates
 from medseg_auto.predict.crops import box_slices, crop_boxes, expand_box, merge_overlapping, paste_back
