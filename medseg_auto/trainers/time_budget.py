@@ -332,12 +332,11 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             return
         mirrored = mode == "mirrored"
         estimate, start = self.estimate_validation_seconds(mirrored), time.monotonic()
+        axes = self.inference_allowed_mirroring_axes
         if not mirrored:
             self.print_to_log_file("Final validation without mirroring: with mirroring it would take about "
                                    f"{self.estimate_validation_seconds(True):.0f} s, more than "
                                    f"{self.budget.mirror_share:.0%} of the fold's budget.")
-        axes = self.inference_allowed_mirroring_axes
-        if not mirrored:
             self.inference_allowed_mirroring_axes = None
         try:
             super().perform_actual_validation(save_probabilities)
