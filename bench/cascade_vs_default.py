@@ -39,7 +39,7 @@ def split_cases(work: Path, heldout: int) -> tuple[list[str], list[str]]:
     """Symlinks: ``work/input_train/brats/CASE/`` (channels + label) for training, ``work/heldout/images/CASE/``
     and ``work/heldout/labels/CASE.nii.gz`` for the held-out cases. Returns both lists of case names."""
     cases = sorted(d for d in DATA.iterdir() if d.is_dir())
-    train, test = cases[:-heldout], cases[-heldout:]
+    train, test = (cases[:-heldout], cases[-heldout:]) if heldout else (cases, [])
     links = [(work / "input_train" / NAME / c.name / f, c / f) for c in train for f in (*CHANNELS, LABEL)]
     links += [(work / "heldout" / "images" / c.name / f, c / f) for c in test for f in CHANNELS]
     links += [(work / "heldout" / "labels" / f"{c.name}.nii.gz", c / LABEL) for c in test]

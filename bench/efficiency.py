@@ -97,41 +97,71 @@ def _build(plans, config, model: Path, deep_supervision: bool):
 
 
 def measure_training(bundle: Path, which: str, device_name: str, steps: int, batch: int | None) -> dict:
-    import torch
-
     sys.path.insert(0, str(REPO))
     from medseg_auto.device import select_device
 
     device = select_device(device_name)
     plans, config, model = _networks(bundle)[which]
+    batch = batch or _training_batch(bundle)
+    net, step = _training_step(plans, config, model, batch, device)
+    step()  # warm-up (and the optimizer's momentum buffers, which belong to the model's memory)
+    memory = _Memory(device)
+    memory.start()
+    times = [step() for _ in range(steps)]
+    params = sum(p.numel() for p in net.parameters())
+    return {"network": config.network_arch_class_name.rsplit(".", 1)[-1], "parameters": params,
+            "batch": batch, "patch": list(config.patch_size), "step_seconds": statistics.median(times),
+            "step_activation_mb": memory.peak_above_start() / MB}
+
+
+def measure_interleaved(bundle: Path, device_name: str, rounds: int, steps: int, batch: int | None) -> dict:
+    """The bundle's network against nnU-Net's plain U-Net on the same plans, in one process: ``rounds``
+    rounds of ``steps`` steps of each, the order swapped every round, so both see the same machine state.
+    Returns the median over rounds of the per-round ratio of median step times."""
+    sys.path.insert(0, str(REPO))
+    from medseg_auto.device import select_device
+
+    device = select_device(device_name)
+    networks = _networks(bundle)
+    batch = batch or _training_batch(bundle)
+    steps_of = {which: _training_step(*networks[which], batch, device)[1] for which in networks}
+    for step in steps_of.values():
+        step()  # warm-up
+    ratios, medians = [], {which: [] for which in networks}
+    for r in range(rounds):
+        for which in (list(networks) if r % 2 == 0 else list(networks)[::-1]):
+            medians[which].append(statistics.median(steps_of[which]() for _ in range(steps)))
+        ratios.append(medians["bundle"][-1] / medians["plain U-Net, same plans"][-1])
+    return {"ratio": statistics.median(ratios), "ratios": ratios,
+            "step_seconds": {which: statistics.median(m) for which, m in medians.items()}}
+
+
+def _training_batch(bundle: Path) -> int:
     card = json.loads((bundle / "model_card.json").read_text())
-    batch = batch or min(f["batch_size"] for f in card["folds"].values())
+    return min(f["batch_size"] for f in card["folds"].values())
+
+
+def _training_step(plans, config, model: Path, batch: int, device):
+    """``(network, step)``: ``step()`` runs one training step (forward with deep supervision, a loss on every
+    output, backward, SGD) on a random batch of ``batch`` x the planned patch and returns its seconds."""
+    import torch
+
     net, channels = _build(plans, config, model, True)
     net = net.to(device).train()
     optimizer = torch.optim.SGD(net.parameters(), 1e-3, momentum=0.99, nesterov=True)
-    patch = list(config.patch_size)
-    x = torch.randn(batch, channels, *patch, device=device)
+    x = torch.randn(batch, channels, *config.patch_size, device=device)
 
-    def step() -> None:
+    def step() -> float:
+        t = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = sum(o.float().square().mean() for o in net(x))  # touches every output; its own cost is tiny
         loss.backward()
         optimizer.step()
-
-    step()  # warm-up (and the optimizer's momentum buffers, which belong to the model's memory)
-    memory = _Memory(device)
-    memory.start()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    params = sum(p.numel() for p in net.parameters())
-    return {"network": config.network_arch_class_name.rsplit(".", 1)[-1], "parameters": params,
-            "batch": batch, "patch": patch, "step_seconds": statistics.median(times),
-            "step_activation_mb": memory.peak_above_start() / MB}
+        return time.perf_counter() - t
+
+    return net, step
 
 
 def measure_inference(bundle: Path, which: str, device_name: str, scans: Path, tta: bool) -> dict:
@@ -180,12 +210,17 @@ def main() -> int:
     p.add_argument("--batch", type=int, help="training batch (default: the bundle's training batch)")
     p.add_argument("--tta", action="store_true", help="infer with mirroring and step 0.5 (default: --fast)")
     p.add_argument("--write-card", action="store_true", help="add the figures to each bundle's model_card.json")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="also time a bundle's network against the plain U-Net of the same plans in one process, "
+                   "alternating ROUNDS rounds of --steps steps each")
     p.add_argument("--child", nargs=3, metavar=("KIND", "BUNDLE", "WHICH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         kind, bundle, which = args.child
         result = (measure_training(Path(bundle), which, args.device, args.steps, args.batch) if kind == "train"
-                  else measure_inference(Path(bundle), which, args.device, args.scans, args.tta))
+                  else measure_interleaved(Path(bundle), args.device, args.interleave, args.steps, args.batch)
+                  if kind == "interleave" else measure_inference(Path(bundle), which, args.device, args.scans,
+                                                                args.tta))
         print(json.dumps(result))
         return 0
     if not args.bundles:
@@ -201,6 +236,10 @@ def main() -> int:
                 print(f"{bundle.name} ({which}): inference ...", file=sys.stderr, flush=True)
                 row |= _child(["--child", "infer", str(bundle), which, "-i", str(args.scans), *common]
                               + (["--tta"] if args.tta else []))
+            if args.interleave and which != "bundle":
+                print(f"{bundle.name}: both networks interleaved ...", file=sys.stderr, flush=True)
+                row["interleaved"] = _child(["--child", "interleave", str(bundle), which, *common,
+                                             "--interleave", str(args.interleave)])
             rows.append(row)
             if args.write_card and which == "bundle":
                 card_file = bundle / "model_card.json"
@@ -219,6 +258,13 @@ def main() -> int:
         print(f"| {r['bundle']} | {r['network']} ({r['which']}) | {r['parameters'] / 1e6:.2f} M | {r['batch']} x "
               f"{'x'.join(map(str, r['patch']))} | {r['step_seconds']:.2f} | {r['step_activation_mb']:.0f} | "
               + (f"{r['case_seconds']:.2f} | {r['inference_extra_mb']:.0f} |" if "case_seconds" in r else "- | - |"))
+    for r in rows:
+        if "interleaved" in r:
+            i = r["interleaved"]
+            print(f"\n{r['bundle']}: the bundle's step against the plain U-Net's, interleaved in one process "
+                  f"({args.interleave} rounds of {args.steps} steps): {i['ratio']:.2f}x (median of the rounds; "
+                  f"rounds {', '.join(f'{x:.2f}' for x in i['ratios'])}; medians "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in i["step_seconds"].items()) + ")")
     return 0
 
 

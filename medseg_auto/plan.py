@@ -20,6 +20,7 @@ PLANS_IDENTIFIER = "nnUNetPlans"
 CONFIGURATIONS = ("auto", "2d", "3d_fullres", "3d_lowres")
 CPU_WIDTH = 0.5  # features per stage on a CPU, a share of nnU-Net's plan (bench/RESULTS.md, dice at budget)
 WIDTH_KEY = "medseg_auto_width"  # in a configuration whose network was narrowed: the share and nnU-Net's widths
+LOWRES_TARGET_VOXELS = 64 ** 3  # -c 3d_lowres where nnU-Net planned none: the median image at about this size
 
 
 @dataclass
@@ -52,8 +53,7 @@ def choose_configuration(requested: str, is_2d: bool, plans: dict) -> str:
         requested = "2d" if is_2d else "3d_fullres"
     available = list(plans["configurations"])
     if requested not in available:
-        why = ("the images are 2D" if is_2d else
-               "the images are small enough for 3d_fullres" if requested == "3d_lowres" else "")
+        why = "the images are 2D" if is_2d else ""
         raise InputError(f"-c {requested}: nnU-Net planned no '{requested}' configuration for this dataset"
                          + (f" ({why})" if why else "") + f". Available: {', '.join(available)}.")
     return requested
@@ -91,6 +91,8 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
                 transfer_plans(workspace, pretrained, PLANS_IDENTIFIER)
         seconds["planning"] = time.monotonic() - t
     plans = json.loads(plans_file.read_text())
+    if requested == "3d_lowres" and not is_2d and pretrained is None and "3d_lowres" not in plans["configurations"]:
+        add_lowres_configuration(workspace, plans)
     configuration = choose_configuration(pretrained.configuration if pretrained else requested, is_2d, plans)
     if pretrained is None and narrow_network(plans, configuration, width):
         write_plans(workspace, plans)
@@ -109,8 +111,8 @@ def preprocess_configuration(workspace: Workspace, plans: dict, configuration: s
         return 0.0
     write_plans(workspace, plans)
     cfg = plans["configurations"][configuration]
-    _phase(f"preprocessing for {configuration}: patch {'x'.join(map(str, cfg['patch_size'][::-1]))} voxels, "
-           f"spacing {'x'.join(f'{s:.3g}' for s in cfg['spacing'][::-1])} mm (x, y, z)")
+    _phase(f"preprocessing for {configuration}: patch {_xyz(cfg['patch_size'], 'd')} voxels, "
+           f"spacing {_xyz(cfg['spacing'], '.3g')} mm (x, y, z)")
     t = time.monotonic()
     with _quiet():
         preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
@@ -147,6 +149,19 @@ def add_coarse_configuration(workspace: Workspace, plans: dict, base: str, name:
     recursive_fix_for_json_export(coarse)  # numpy numbers -> JSON's
     plans["configurations"][name] = coarse
     return name
+
+
+def add_lowres_configuration(workspace: Workspace, plans: dict) -> None:
+    """``-c 3d_lowres`` where nnU-Net planned none (it plans one only when 3d_fullres's patch covers too little
+    of the image): nnU-Net's planner plans it at a coarser spacing, the median image at about
+    ``LOWRES_TARGET_VOXELS``. On a CPU this is what makes large volumes (BraTS: 240x240x155) trainable in a
+    budget of an hour; nnU-Net exports the predictions at the images' own spacing."""
+    add_coarse_configuration(workspace, plans, "3d_fullres", "3d_lowres", LOWRES_TARGET_VOXELS)
+    write_plans(workspace, plans)
+    low, full = (plans["configurations"][c] for c in ("3d_lowres", "3d_fullres"))
+    _phase(f"nnU-Net planned no 3d_lowres for this dataset (3d_fullres's patch covers enough of it): planned one "
+           f"at spacing {_xyz(low['spacing'], '.3g')} mm (3d_fullres: {_xyz(full['spacing'], '.3g')} mm), patch "
+           f"{_xyz(low['patch_size'], 'd')}")
 
 
 def narrow_network(plans: dict, configuration: str, width: float) -> bool:
@@ -190,6 +205,11 @@ def write_plans(workspace: Workspace, plans: dict) -> None:
     plans_file = workspace.preprocessed / workspace.nnunet_name / f"{PLANS_IDENTIFIER}.json"
     if json.loads(plans_file.read_text()) != plans:
         plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def _xyz(values, spec: str) -> str:
+    """nnU-Net's (z, y, x) order as the x, y, z text we print."""
+    return "x".join(format(v, spec) for v in values[::-1])
 
 
 def _phase(text: str) -> None:

@@ -66,3 +66,19 @@ def test_cli_refuses_bad_width_before_reading_the_data(project, train_cli, args,
     code, _, err = train_cli("-d", "hippo", "-t", "5", "-f", "0", *args)
     assert code == 2 and message in err, err
     assert not (project / "work").exists()
+
+
+def test_lowres_where_nnunet_planned_none_is_planned_coarser_by_its_planner(project, train_cli):
+    """-c 3d_lowres on images nnU-Net plans no low resolution for: a coarser configuration from nnU-Net's
+    planner (spacing, patch and network its own), preprocessed and chosen, the plans file kept in step."""
+    copy_hippocampus(project / "input_train" / "hippo", 6)
+    code, out, err = train_cli("-d", "hippo", "-l", "anterior,posterior", "-t", "5", "-f", "0", "-c", "3d_lowres",
+                               "--dry-run")
+    assert code == 0, err
+    assert "nnU-Net planned no 3d_lowres" in err and "configuration 3d_lowres," in out
+    base = next((project / "work" / "hippo" / "nnUNet_preprocessed").glob("Dataset*"))
+    configurations = json.loads((base / "nnUNetPlans.json").read_text())["configurations"]
+    low, full = configurations["3d_lowres"], configurations["3d_fullres"]
+    assert all(lo >= 2 * fu for lo, fu in zip(low["spacing"], full["spacing"]))  # at least twice as coarse
+    assert low["data_identifier"] == "nnUNetPlans_3d_lowres" and any((base / "nnUNetPlans_3d_lowres").iterdir())
+    assert all(lo < fu for lo, fu in zip(low["patch_size"], full["patch_size"]))

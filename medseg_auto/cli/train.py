@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "on all cases (default all)")
     p.add_argument("-e", dest="ending", help="image file ending to use when a folder holds several (.nii.gz)")
     p.add_argument("-c", dest="configuration", default="auto", choices=CONFIGURATIONS,
-                   help="nnU-Net configuration (default auto: nnU-Net's choice, 2d for 2D data)")
+                   help="nnU-Net configuration (default auto: nnU-Net's choice, 2d for 2D data); 3d_lowres where "
+                   "nnU-Net planned none is planned by its planner at a coarser spacing (large images on a CPU)")
     p.add_argument("--channels", help="channels to use, in this order, by the names found in the files "
                    "(e.g. T1c,FLAIR)")
     p.add_argument("--label-pattern", help="file-name pattern of the label files, when not detected (e.g. "
