@@ -47,6 +47,8 @@ PROBES = {
     "ours 1 torch thread": ("nnUNetTrainerTimeBudget", OURS_ENV, {"threads": 1}),
     "ours torch.compile": ("nnUNetTrainerTimeBudget", OURS_ENV, {"compile": True}),
     "ours nnU-Net's width": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 1.0}),
+    "ours width 0.375": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 0.375}),
+    "ours width 0.25": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 0.25}),
     "ours bf16 autocast": ("nnUNetTrainerTimeBudget", OURS_ENV, {"bf16": True}),
     "ours channels-last": ("nnUNetTrainerTimeBudget", OURS_ENV, {"channels_last": True}),
 }
@@ -108,9 +110,12 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
         for _ in range(warmup):
             trainer.train_step(next(trainer.dataloader_train))
         warmup_seconds = time.perf_counter() - start
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), 0.0
         for _ in range(iterations):
-            trainer.train_step(next(trainer.dataloader_train))
+            t = time.perf_counter()
+            batch = next(trainer.dataloader_train)
+            waited += time.perf_counter() - t
+            trainer.train_step(batch)
         seconds = (time.perf_counter() - start) / iterations
         trainer.network.eval()
         start = time.perf_counter()
@@ -128,7 +133,8 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
             "torch_threads": torch.get_num_threads(),
             "da_workers": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default"),
             "compiled": hasattr(trainer.network, "_orig_mod"), "warmup_seconds": warmup_seconds,
-            "first_validation_seconds": first_validation, "seconds_per_iteration": seconds, "iterations_per_second": 1 / seconds,
+            "first_validation_seconds": first_validation, "seconds_per_iteration": seconds,
+            "data_wait_seconds": waited / iterations, "iterations_per_second": 1 / seconds,
             "voxels_per_second": voxels / seconds, "samples_per_second": trainer.batch_size / seconds}
 
 
@@ -156,14 +162,22 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--work", type=Path, default=Path("/tmp/medseg_throughput"))
     p.add_argument("--probes", action="store_true", help="also measure the alternatives to our defaults")
+    p.add_argument("--variants", help="only these variants, comma-separated (e.g. 'nnunet,ours,ours width 0.25')")
     p.add_argument("--variant", choices=tuple(VARIANTS | PROBES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
         print(json.dumps(measure(args.variant, args.work, args.iterations, args.warmup)))
         return 0
     prepare(args.work, args.cases)
+    chosen = VARIANTS | (PROBES if args.probes else {})
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in names if v not in VARIANTS | PROBES]
+        if unknown:
+            p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS | PROBES)}")
+        chosen = {v: (VARIANTS | PROBES)[v] for v in names}
     rows = []
-    for variant, (_, env, _) in (VARIANTS | (PROBES if args.probes else {})).items():
+    for variant, (_, env, _) in chosen.items():
         print(f"measuring {variant} ({args.warmup} + {args.iterations} iterations) ...", file=sys.stderr, flush=True)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
         done = subprocess.run([sys.executable, __file__, "--variant", variant, "--work", str(args.work),
@@ -179,16 +193,18 @@ def main() -> int:
     print(f"\nmachine: {CPUS} CPU cores, torch {torch.__version__}, device cpu; hippocampus 3d_fullres, "
           f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
     print("| variant | trainer | features per stage | batch x patch | torch threads | DA workers | compiled "
-          "| warm-up s | first val. step s | s / iteration | samples / s | voxels / s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| warm-up s | first val. step s | s / iteration | waiting for data s / it | samples / s | voxels / s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['trainer']} | {','.join(map(str, r['features']))} | "
               f"{r['batch']} x {'x'.join(map(str, r['patch']))} | "
               f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | {r['warmup_seconds']:.0f} | "
-              f"{r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | "
+              f"{r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | {r['data_wait_seconds']:.2f} | "
               f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")
-    base = rows[0]["voxels_per_second"]
-    for r in rows[1:]:
+    base = next((r["voxels_per_second"] for r in rows if r["variant"] == "nnunet"), None)
+    for r in rows if base else []:
+        if r["variant"] == "nnunet":
+            continue
         print(f"\n{r['variant']}: {r['voxels_per_second'] / base:.2f}x nnU-Net's voxels per second "
               f"(target >= 1.5x at equal or better Dice per budget: bench/dice_at_budget.py)")
     return 0

@@ -162,8 +162,9 @@ def _validation_dice(summary: Path, dataset_json: dict) -> dict[str, float]:
         return {}
     names = {}
     for name, value in dataset_json["labels"].items():
-        key = str(tuple(value)) if isinstance(value, list) and len(value) > 1 else \
-            str(value[0] if isinstance(value, list) else value)
-        names[key] = name
+        if isinstance(value, list):  # a region: nnU-Net keys it by its tuple of labels, even a tuple of one
+            names[str(tuple(value))] = name
+        else:
+            names[str(value)] = name
     mean = json.loads(summary.read_text())["mean"]
     return {names.get(k, k): round(v["Dice"], 4) for k, v in mean.items()}

@@ -175,3 +175,16 @@ def test_pretrained_fine_tunes_from_the_bundle_and_refuses_other_channels(traine
                               str(brats / "out")], capture_output=True, text=True, timeout=300, env=_env())
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "trained on 1 channel(s) (MRI)" in refused.stderr and "this data has 2" in refused.stderr
+
+
+@pytest.mark.parametrize("labels, keys, expected", [
+    ({"background": 0, "anterior": 1, "posterior": 2}, ["1", "2"], ["anterior", "posterior"]),
+    ({"background": 0, "WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]}, ["(1, 2, 3, 4)", "(1, 3, 4)", "(4,)"],
+     ["WT", "TC", "ET"]),  # nnU-Net keys a region of one label as "(4,)"
+])
+def test_validation_dice_is_named_by_label_or_region(tmp_path, labels, keys, expected):
+    from medseg_auto.train import _validation_dice
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"mean": {k: {"Dice": 0.5 + i / 10} for i, k in enumerate(keys)}}))
+    assert _validation_dice(summary, {"labels": labels}) == {n: 0.5 + i / 10 for i, n in enumerate(expected)}
