@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ CONFIGURATIONS = ("auto", "2d", "3d_fullres", "3d_lowres")
 CPU_WIDTH = 0.5  # features per stage on a CPU, a share of nnU-Net's plan (bench/RESULTS.md, dice at budget)
 WIDTH_KEY = "medseg_auto_width"  # in a configuration whose network was narrowed: the share and nnU-Net's widths
 LOWRES_TARGET_VOXELS = 64 ** 3  # -c 3d_lowres where nnU-Net planned none: the median image at about this size
+LARGE_CPU_PATCH_VOXELS = 10 ** 6  # a 3D patch above this trains at a few iterations a minute on a CPU
 
 
 @dataclass
@@ -162,6 +164,17 @@ def add_lowres_configuration(workspace: Workspace, plans: dict) -> None:
     _phase(f"nnU-Net planned no 3d_lowres for this dataset (3d_fullres's patch covers enough of it): planned one "
            f"at spacing {_xyz(low['spacing'], '.3g')} mm (3d_fullres: {_xyz(full['spacing'], '.3g')} mm), patch "
            f"{_xyz(low['patch_size'], 'd')}")
+
+
+def lowres_hint(device_type: str, requested: str, patch_size: list[int]) -> str | None:
+    """A note for a CPU run that let nnU-Net choose a large 3D patch (BraTS: 160x160x96, about 20 s per
+    iteration on 2 cores, bench/RESULTS.md): ``-c 3d_lowres`` trains at a coarser spacing instead."""
+    voxels = int(math.prod(patch_size))
+    if device_type != "cpu" or requested != "auto" or len(patch_size) != 3 or voxels <= LARGE_CPU_PATCH_VOXELS:
+        return None
+    return (f"Note: on a CPU a 3D patch of {voxels / 1e6:.1f} M voxels ({_xyz(patch_size, 'd')}) trains at a few "
+            f"iterations a minute. For a budget of minutes, -c 3d_lowres trains at a coarser spacing (nnU-Net's "
+            f"planner; predictions are still written at the images' own resolution).")
 
 
 def narrow_network(plans: dict, configuration: str, width: float) -> bool:

@@ -126,7 +126,7 @@ class _Run:
 
     def _plan_train_export(self) -> Path | None:
         from medseg_auto.device import select_device
-        from medseg_auto.plan import CPU_WIDTH, plan_and_preprocess
+        from medseg_auto.plan import CPU_WIDTH, lowres_hint, plan_and_preprocess
         from medseg_auto.train import configure_nnunet_processes, training_settings
         from medseg_auto.trainers import trainer_class as get_trainer
 
@@ -158,6 +158,9 @@ class _Run:
         self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
         shares = self._split()
         self._print_budget(plan, shares)
+        hint = lowres_hint(device.type, self.opts.configuration, plan.patch_size)
+        if hint:
+            print(hint, file=sys.stderr)
         if self.opts.dry_run:
             self.record["state"] = "planned"
             self.save()

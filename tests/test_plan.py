@@ -7,7 +7,7 @@ import pytest
 
 from conftest import copy_hippocampus
 from medseg_auto.errors import InputError
-from medseg_auto.plan import WIDTH_KEY, narrow_network
+from medseg_auto.plan import WIDTH_KEY, lowres_hint, narrow_network
 
 PLANNED = [32, 64, 128, 256, 320]
 
@@ -82,3 +82,17 @@ def test_lowres_where_nnunet_planned_none_is_planned_coarser_by_its_planner(proj
     assert all(lo >= 2 * fu for lo, fu in zip(low["spacing"], full["spacing"]))  # at least twice as coarse
     assert low["data_identifier"] == "nnUNetPlans_3d_lowres" and any((base / "nnUNetPlans_3d_lowres").iterdir())
     assert all(lo < fu for lo, fu in zip(low["patch_size"], full["patch_size"]))
+
+
+@pytest.mark.parametrize("device, requested, patch, hinted", [
+    ("cpu", "auto", [96, 160, 160], True),      # full-size BraTS on a CPU
+    ("cuda", "auto", [96, 160, 160], False),
+    ("cpu", "3d_fullres", [96, 160, 160], False),  # chosen on purpose
+    ("cpu", "auto", [40, 56, 40], False),       # hippocampus
+    ("cpu", "auto", [1024, 1024], False),       # 2D
+])
+def test_a_large_3d_patch_on_a_cpu_points_to_lowres(device, requested, patch, hinted):
+    hint = lowres_hint(device, requested, patch)
+    assert (hint is not None) == hinted
+    if hinted:
+        assert "160x160x96" in hint and "-c 3d_lowres" in hint
