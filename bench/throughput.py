@@ -198,8 +198,9 @@ def main() -> int:
     for r in rows:
         print(f"| {r['variant']} | {r['trainer']} | {','.join(map(str, r['features']))} | "
               f"{r['batch']} x {'x'.join(map(str, r['patch']))} | "
-              f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | {r['warmup_seconds']:.0f} | "
-              f"{r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | {r['data_wait_seconds']:.2f} | "
+              f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | "
+              f"{r['warmup_seconds']:.0f} | {r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | "
+              f"{r['data_wait_seconds']:.2f} | "
               f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")
     base = next((r["voxels_per_second"] for r in rows if r["variant"] == "nnunet"), None)
     for r in rows if base else []:

@@ -167,8 +167,8 @@ def add_lowres_configuration(workspace: Workspace, plans: dict) -> None:
 
 
 def lowres_hint(device_type: str, requested: str, patch_size: list[int]) -> str | None:
-    """A note for a CPU run that let nnU-Net choose a large 3D patch (BraTS: 160x160x96, about 20 s per
-    iteration on 2 cores, bench/RESULTS.md): ``-c 3d_lowres`` trains at a coarser spacing instead."""
+    """A note for a CPU run that let nnU-Net choose a large 3D patch (BraTS: 160x160x96, an epoch of one
+    iteration took about 40 s on 2 cores, bench/RESULTS.md): ``-c 3d_lowres`` trains at a coarser spacing."""
     voxels = int(math.prod(patch_size))
     if device_type != "cpu" or requested != "auto" or len(patch_size) != 3 or voxels <= LARGE_CPU_PATCH_VOXELS:
         return None
