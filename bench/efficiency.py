@@ -231,7 +231,8 @@ def main() -> int:
             common = ["--device", args.device, "--steps", str(args.steps)] + \
                      (["--batch", str(args.batch)] if args.batch else [])
             print(f"{bundle.name} ({which}): training step ...", file=sys.stderr, flush=True)
-            row = {"bundle": bundle.name, "which": which} | _child(["--child", "train", str(bundle), which, *common])
+            label = f"{bundle.parent.name}/{bundle.name}"  # output_models/NAME: both parts, as bundles share NAMEs
+            row = {"bundle": label, "which": which} | _child(["--child", "train", str(bundle), which, *common])
             if args.scans:
                 print(f"{bundle.name} ({which}): inference ...", file=sys.stderr, flush=True)
                 row |= _child(["--child", "infer", str(bundle), which, "-i", str(args.scans), *common]
