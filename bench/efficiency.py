@@ -230,15 +230,15 @@ def main() -> int:
         for which in _networks(bundle):
             common = ["--device", args.device, "--steps", str(args.steps)] + \
                      (["--batch", str(args.batch)] if args.batch else [])
-            print(f"{bundle.name} ({which}): training step ...", file=sys.stderr, flush=True)
             label = f"{bundle.parent.name}/{bundle.name}"  # output_models/NAME: both parts, as bundles share NAMEs
+            print(f"{label} ({which}): training step ...", file=sys.stderr, flush=True)
             row = {"bundle": label, "which": which} | _child(["--child", "train", str(bundle), which, *common])
             if args.scans:
-                print(f"{bundle.name} ({which}): inference ...", file=sys.stderr, flush=True)
+                print(f"{label} ({which}): inference ...", file=sys.stderr, flush=True)
                 row |= _child(["--child", "infer", str(bundle), which, "-i", str(args.scans), *common]
                               + (["--tta"] if args.tta else []))
             if args.interleave and which != "bundle":
-                print(f"{bundle.name}: both networks interleaved ...", file=sys.stderr, flush=True)
+                print(f"{label}: both networks interleaved ...", file=sys.stderr, flush=True)
                 row["interleaved"] = _child(["--child", "interleave", str(bundle), which, *common,
                                              "--interleave", str(args.interleave)])
             rows.append(row)

@@ -113,8 +113,8 @@ def preprocess_configuration(workspace: Workspace, plans: dict, configuration: s
         return 0.0
     write_plans(workspace, plans)
     cfg = plans["configurations"][configuration]
-    _phase(f"preprocessing for {configuration}: patch {_xyz(cfg['patch_size'], 'd')} voxels, "
-           f"spacing {_xyz(cfg['spacing'], '.3g')} mm (x, y, z)")
+    _phase(f"preprocessing for {configuration}: patch {xyz(cfg['patch_size'], 'd')} voxels, "
+           f"spacing {xyz(cfg['spacing'], '.3g')} mm (x, y, z)")
     t = time.monotonic()
     with _quiet():
         preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
@@ -162,8 +162,8 @@ def add_lowres_configuration(workspace: Workspace, plans: dict) -> None:
     write_plans(workspace, plans)
     low, full = (plans["configurations"][c] for c in ("3d_lowres", "3d_fullres"))
     _phase(f"nnU-Net planned no 3d_lowres for this dataset (3d_fullres's patch covers enough of it): planned one "
-           f"at spacing {_xyz(low['spacing'], '.3g')} mm (3d_fullres: {_xyz(full['spacing'], '.3g')} mm), patch "
-           f"{_xyz(low['patch_size'], 'd')}")
+           f"at spacing {xyz(low['spacing'], '.3g')} mm (3d_fullres: {xyz(full['spacing'], '.3g')} mm), patch "
+           f"{xyz(low['patch_size'], 'd')}")
 
 
 def lowres_hint(device_type: str, requested: str, patch_size: list[int]) -> str | None:
@@ -172,7 +172,7 @@ def lowres_hint(device_type: str, requested: str, patch_size: list[int]) -> str 
     voxels = int(math.prod(patch_size))
     if device_type != "cpu" or requested != "auto" or len(patch_size) != 3 or voxels <= LARGE_CPU_PATCH_VOXELS:
         return None
-    return (f"Note: on a CPU a 3D patch of {voxels / 1e6:.1f} M voxels ({_xyz(patch_size, 'd')}) trains at a few "
+    return (f"Note: on a CPU a 3D patch of {voxels / 1e6:.1f} M voxels ({xyz(patch_size, 'd')}) trains at a few "
             f"iterations a minute. For a budget of minutes, -c 3d_lowres trains at a coarser spacing (nnU-Net's "
             f"planner; predictions are still written at the images' own resolution).")
 
@@ -220,8 +220,8 @@ def write_plans(workspace: Workspace, plans: dict) -> None:
         plans_file.write_text(json.dumps(plans, indent=2))
 
 
-def _xyz(values, spec: str) -> str:
-    """nnU-Net's (z, y, x) order as the x, y, z text we print."""
+def xyz(values, spec: str = "d") -> str:
+    """nnU-Net's (z, y, x) order as the x, y, z text we print (``spec``: how each number is formatted)."""
     return "x".join(format(v, spec) for v in values[::-1])
 
 

@@ -121,8 +121,11 @@ def network_description(plan, channels: list[str]) -> dict:
         desc["width"] = narrowed["width"]
         desc["planned_features_per_stage"] = narrowed["planned_features_per_stage"]
     if "branches" in kwargs:
+        from medseg_auto.networks.dual_branch import LEGACY_BRANCH_WIDTH
+
         desc["branches"] = [[channels[i] for i in group] for group in kwargs["branches"]]
         desc["fuse_stage"] = kwargs["fuse_stage"]
+        desc["branch_width"] = kwargs.get("branch_width", LEGACY_BRANCH_WIDTH)
     return desc
 
 
@@ -186,7 +189,8 @@ def _branches_text(network: dict) -> str:
     if "branches" not in network:
         return ""
     groups = " | ".join(", ".join(g) for g in network["branches"])
-    return f" (branches {groups}, fused after stage {network['fuse_stage']})"
+    width = f", each {network['branch_width']:.2g} of the features" if "branch_width" in network else ""
+    return f" (branches {groups}, fused after stage {network['fuse_stage']}{width})"
 
 
 def _width_text(network: dict) -> str:

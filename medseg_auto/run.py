@@ -339,9 +339,11 @@ class _Run:
             print(f"\nWarning: {advice}", file=sys.stderr)
 
     def _print_budget(self, plan, shares: dict) -> None:
+        from medseg_auto.plan import xyz
+
         phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in self.record["phases"].items())
         print(f"\nBudget {fmt_duration(self.clock.budget)}: used {fmt_duration(self.clock.elapsed())} ({phases}); "
-              f"configuration {plan.configuration}, patch {'x'.join(map(str, plan.patch_size[::-1]))}; per fold: "
+              f"configuration {plan.configuration}, patch {xyz(plan.patch_size)}; per fold: "
               + ", ".join(f"{f}: {fmt_duration(s)}" for f, s in shares.items())
               + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}.")
         if shares and min(shares.values()) < MIN_FOLD_SECONDS and not self.opts.dry_run:

@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO, clean_env, copy_brats_crops, train_command
 from medseg_auto.errors import InputError
-from medseg_auto.networks.dual_branch import CLASS_NAME, DualBranchUNet
+from medseg_auto.networks.dual_branch import BRANCH_WIDTH, CLASS_NAME, LEGACY_BRANCH_WIDTH, DualBranchUNet
 from medseg_auto.trainers.dual_branch import add_configuration, parse_branches
 
 
@@ -59,12 +59,28 @@ def n_params(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-@pytest.mark.parametrize("n_stages,features", [(4, [32, 64, 128, 256]), (6, [32, 64, 128, 256, 320, 320])])
-def test_parameter_count_within_ten_percent_of_the_plain_unet(n_stages, features):
+@pytest.mark.parametrize("width", [BRANCH_WIDTH, LEGACY_BRANCH_WIDTH])
+@pytest.mark.parametrize("n_stages,features", [(4, [32, 64, 128, 256]), (6, [32, 64, 128, 256, 320, 320]),
+                                               (5, [16, 32, 64, 128, 160])])
+def test_parameter_count_within_ten_percent_of_the_plain_unet(n_stages, features, width):
     kwargs = arch_kwargs(n_stages, features)
     plain = n_params(build(kwargs, 2))
-    dual = n_params(build(kwargs, 2, branches=[[0], [1]], fuse_stage=n_stages // 2))
+    dual = n_params(build(kwargs, 2, branches=[[0], [1]], fuse_stage=n_stages // 2, branch_width=width))
     assert abs(dual - plain) / plain <= 0.10, (dual, plain)
+
+
+def test_new_plans_store_the_branch_width_and_old_plans_keep_theirs():
+    """New plans name a width that keeps nnU-Net's channel counts multiples of 8 (the CPU's fast path);
+    plans written before the width was stored build the network their weights were trained for."""
+    plans = plans_for(arch_kwargs(4, [16, 32, 64, 128]))
+    name = add_configuration(plans, "3d_fullres", [[1], [0]], 2)
+    assert plans["configurations"][name]["architecture"]["arch_kwargs"]["branch_width"] == BRANCH_WIDTH
+    kwargs = plans["configurations"][name]["architecture"]["arch_kwargs"]
+    new = build({k: v for k, v in kwargs.items() if k not in ("branches", "fuse_stage", "branch_width")}, 2,
+                branches=kwargs["branches"], fuse_stage=2, branch_width=kwargs["branch_width"])
+    assert [e.output_channels for e in new.encoders] == [[8, 16], [8, 16]]
+    old = build(arch_kwargs(4, [16, 32, 64, 128]), 2, branches=[[1], [0]], fuse_stage=2)
+    assert [e.output_channels for e in old.encoders] == [[11, 23], [11, 23]]
 
 
 def test_outputs_match_the_plain_unet_in_shape_with_deep_supervision():
@@ -171,7 +187,7 @@ def test_dual_branch_bundle_trains_and_predicts_on_brats_crops(tmp_path):
     network = card["network"]  # on a CPU both branches are built at half of nnU-Net's planned width
     planned = network["planned_features_per_stage"]
     assert network == {"class": CLASS_NAME, "branches": [["T1c"], ["FLAIR"]], "fuse_stage": network["fuse_stage"],
-                       "width": 0.5, "planned_features_per_stage": planned,
+                       "branch_width": BRANCH_WIDTH, "width": 0.5, "planned_features_per_stage": planned,
                        "features_per_stage": [f // 2 for f in planned]}
     channels = card["channels"]
     assert channels.index("T1c") != channels.index("FLAIR")

@@ -11,7 +11,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import same_channel
-from medseg_auto.networks.dual_branch import CLASS_NAME, default_fuse_stage, split_by_order
+from medseg_auto.networks.dual_branch import BRANCH_WIDTH, CLASS_NAME, default_fuse_stage, split_by_order
 from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
 
 SUFFIX = "_dualbranch"
@@ -65,7 +65,8 @@ def add_configuration(plans: dict, configuration: str, branches: list[list[int]]
     plans["configurations"][name] = {
         "inherits_from": configuration,
         "architecture": {"network_class_name": CLASS_NAME,
-                         "arch_kwargs": kwargs | {"branches": branches, "fuse_stage": fuse},
+                         "arch_kwargs": kwargs | {"branches": branches, "fuse_stage": fuse,
+                                                          "branch_width": BRANCH_WIDTH},
                          "_kw_requires_import": arch["_kw_requires_import"]},
     }
     return name
