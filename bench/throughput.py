@@ -139,8 +139,14 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
 
 
 def prepare(work: Path, cases: int) -> None:
-    """Link ``cases`` hippocampus cases into an input folder and plan + preprocess them once."""
-    if (work / NAME / "run.json").is_file():
+    """Link ``cases`` hippocampus cases into an input folder and plan + preprocess them once. nnU-Net's batch
+    size depends on the number of cases (at most 5% of the dataset's voxels per batch), so a work folder
+    planned for another number is refused rather than reused."""
+    record = work / NAME / "run.json"
+    if record.is_file():
+        planned = len(json.loads(record.read_text())["cases"])
+        if planned != cases:
+            raise SystemExit(f"{work} was planned for {planned} cases, not {cases}: give another --work")
         return
     src = DATA / "hippocampus"
     dest = work / "input_train" / NAME
@@ -160,11 +166,12 @@ def main() -> int:
     p.add_argument("--cases", type=int, default=40, help="hippocampus cases to plan and sample from")
     p.add_argument("--iterations", type=int, default=20, help="timed iterations per variant")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--work", type=Path, default=Path("/tmp/medseg_throughput"))
+    p.add_argument("--work", type=Path, default=None, help="default: /tmp/medseg_throughput_CASES")
     p.add_argument("--probes", action="store_true", help="also measure the alternatives to our defaults")
     p.add_argument("--variants", help="only these variants, comma-separated (e.g. 'nnunet,ours,ours width 0.25')")
     p.add_argument("--variant", choices=tuple(VARIANTS | PROBES), help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.work = args.work or Path(f"/tmp/medseg_throughput_{args.cases}")
     if args.variant:
         print(json.dumps(measure(args.variant, args.work, args.iterations, args.warmup)))
         return 0
