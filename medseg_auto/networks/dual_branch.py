@@ -11,7 +11,7 @@ from a plans file (``network_arch_class_name``) at training and at inference. Br
 has ``branch_width`` x the plain network's features per stage. New plans get ``BRANCH_WIDTH`` = 0.5: the
 branches keep nnU-Net's channel counts multiples of 8 (16 -> 8, 32 -> 16), which the CPU's convolution
 kernels (oneDNN) need to run at full speed, and two half-width branches cost half of one plain stage, so
-the 1x1 fusions and the unchanged deeper stages leave the network within 1% of the plain U-Net's
+the 1x1 fusions and the unchanged deeper stages leave the network 1-2% below the plain U-Net's
 parameters. A branch width of 1/sqrt(2) matches the plain compute more closely but gives odd channel counts
 (11, 23) that made the training step 1.3x slower on a CPU (bench/efficiency.py --interleave).
 """

@@ -66,7 +66,7 @@ def add_configuration(plans: dict, configuration: str, branches: list[list[int]]
         "inherits_from": configuration,
         "architecture": {"network_class_name": CLASS_NAME,
                          "arch_kwargs": kwargs | {"branches": branches, "fuse_stage": fuse,
-                                                          "branch_width": BRANCH_WIDTH},
+                                                  "branch_width": BRANCH_WIDTH},
                          "_kw_requires_import": arch["_kw_requires_import"]},
     }
     return name
