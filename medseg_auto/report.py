@@ -210,6 +210,8 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
     parts = [f"- Trained on {settings['device']}: {settings['torch_threads']} torch thread(s), "
              f"{workers or 'no'} augmentation worker(s)" + (" (augmentation in the main process)" if not workers
                                                          else "")]
+    if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
+        parts.append(f"{settings['augmentation']} augmentation (nnU-Net's without noise, blur, low resolution)")
     if "cpu_batch_voxels" in settings:
         batches = sorted({f["batch_size"] for f in folds.values()})
         parts.append(f"batch at most {settings['cpu_batch_voxels']:,} voxels on a CPU (batch "

@@ -55,7 +55,7 @@ def configure_nnunet_processes(device_type: str) -> None:
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers (as nnU-Net reads them), the learning-rate shape and, on a CPU, the batch cap in voxels."""
+    workers (as nnU-Net reads them) and how much augmentation, the learning-rate shape and, on a CPU, the batch cap in voxels."""
     import torch
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
@@ -63,7 +63,8 @@ def training_settings(device_type: str, settings: dict) -> dict:
 
     budget = FoldBudget(**settings)
     out = {"device": device_type, "torch_threads": torch.get_num_threads(),
-           "augmentation_workers": get_allowed_n_proc_DA(), "lr_shape": budget.lr_shape}
+           "augmentation_workers": get_allowed_n_proc_DA(), "augmentation": budget.augmentation,
+           "lr_shape": budget.lr_shape}
     if budget.lr_shape == "constant_decay":
         out["decay_fraction"] = budget.decay_fraction
     if device_type == "cpu":

@@ -53,6 +53,35 @@ def test_slow_iterations_make_epochs_long_enough_to_amortise_their_validation_st
     assert epoch_iterations(100.0, 850.0, speed, 120.0) == 3  # but never more than fit
 
 
+def test_light_augmentation_drops_only_the_degradations_of_nnunets_pipeline():
+    """The trainer builds nnU-Net's own pipeline, then keeps all of it or all but noise, blur and low
+    resolution, as its budget says."""
+    from types import SimpleNamespace
+
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    from medseg_auto.trainers.augmentation import select_augmentation
+    from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
+
+    args = ((40, 56, 40), (-0.5, 0.5), [[1, 1, 1], [0.5, 0.5, 0.5]], (0, 1, 2), False)
+
+    def build(augmentation: str) -> list:
+        trainer = SimpleNamespace(budget=FoldBudget(augmentation=augmentation))
+        return nnUNetTrainerTimeBudget.get_training_transforms(trainer, *args, use_mask_for_norm=[False],
+                                                               foreground_labels=[1, 2]).transforms
+
+    def names(steps: list) -> list[str]:
+        return [type(t.transform if isinstance(t, RandomTransform) else t).__name__ for t in steps]
+
+    full, light = names(build("nnunet")), names(build("light"))
+    dropped = ["GaussianNoiseTransform", "GaussianBlurTransform", "SimulateLowResolutionTransform"]
+    assert all(n in full for n in dropped) and len(full) == len(light) + 3
+    assert light == [n for n in full if n not in dropped]
+    assert "SpatialTransform" in light and "MirrorTransform" in light and "GammaTransform" in light
+    with pytest.raises(ValueError, match="unknown augmentation 'none'"):
+        select_augmentation(None, "none")
+
+
 def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
     """The final validation's reserve comes from a measured window, not from the training batch's steps."""
     from types import SimpleNamespace

@@ -50,6 +50,7 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert settings["device"] == "cpu" and settings["torch_threads"] == (os.cpu_count() or 1)
     assert settings["augmentation_workers"] == max(1, (os.cpu_count() or 1) // 4)
     assert settings["lr_shape"] == "constant_decay" and settings["cpu_batch_voxels"] > 0
+    assert settings["augmentation"] == "nnunet"
     assert f"{settings['torch_threads']} torch thread(s)" in readme and "batch at most" in readme
     checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint

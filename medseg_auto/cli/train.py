@@ -18,6 +18,7 @@ from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
 from medseg_auto.run import RunOptions, train
 from medseg_auto.trainers import TRAINER_NAMES
+from medseg_auto.trainers.augmentation import AUGMENTATIONS
 from medseg_auto.trainers.schedule import SHAPES
 
 EXAMPLE_MINUTES = 4.0  # with start-up and data generation, about 5 minutes on a 2-core CPU
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "time: constant then linear decay (default), poly, cosine")
     p.add_argument("--decay-fraction", type=float, default=0.3, help="constant_decay: share of the time spent "
                    "decaying to zero (default 0.3)")
+    p.add_argument("--augmentation", default="nnunet", choices=AUGMENTATIONS, help="nnunet: nnU-Net's data "
+                   "augmentation (default); light: without its noise, blur and low-resolution transforms")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")
@@ -159,7 +162,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
         pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
         advise_budget=not args.example,
-        settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction}, trainer_options=trainer_options)
+        settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
+                  "augmentation": args.augmentation}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")

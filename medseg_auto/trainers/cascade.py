@@ -24,7 +24,6 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform
 from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.errors import InputError
 from medseg_auto.networks import coordconv
@@ -194,12 +193,6 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
         jitter = [p // 4 for p in self.configuration_manager.patch_size]  # the crops' margin at inference
         self.dataset_class = coordinate_dataset(self.dataset_class, jitter)
 
-    @staticmethod
-    def get_training_transforms(patch_size: Sequence[int], rotation_for_DA, deep_supervision_scales,
-                                mirror_axes, do_dummy_2d_data_aug: bool, use_mask_for_norm=None,
-                                is_cascaded: bool = False, foreground_labels=None, regions=None,
-                                ignore_label=None):
-        pipeline = nnUNetTrainer.get_training_transforms(
-            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
-            use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+    def get_training_transforms(self, *args, **kwargs):
+        pipeline = super().get_training_transforms(*args, **kwargs)
         return shield_last_channels(pipeline, COORDINATE_CHANNELS)

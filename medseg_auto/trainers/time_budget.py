@@ -9,7 +9,9 @@ What changes, and nothing else (network, loss, augmentation and inference are nn
   not fit, skipped when even that would not fit, each said in the log);
 - ``checkpoint_latest`` is written every few minutes, atomically, with the fold's clock beside it, and an
   interruption saves one before leaving;
-- on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed).
+- on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed);
+- ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms
+  (``augmentation.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from medseg_auto.trainers.augmentation import select_augmentation
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
 CLOCK_FILE = "medseg_clock.json"
@@ -52,6 +55,7 @@ class FoldBudget:
     cpu_batch_voxels: int = 180_000    # about two 3D hippocampus patches: ~1.6 s per iteration on 2 cores
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
+    augmentation: str = "nnunet"       # or "light" (augmentation.py)
 
 
 @dataclass
@@ -147,6 +151,12 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                 self.print_to_log_file(f"CPU: batch size {self.batch_size} -> {cap} (at most "
                                        f"{self.budget.cpu_batch_voxels} voxels per batch)")
                 self.batch_size = cap
+
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's pipeline with the run's share of it (an instance method here, so it can read the budget;
+        nnU-Net calls it through ``self``)."""
+        pipeline = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        return select_augmentation(pipeline, self.budget.augmentation)
 
     # -- epochs sized to the time left ----------------------------------------------------------------------
     def on_epoch_start(self):
