@@ -212,7 +212,9 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
                                                          else "")]
     if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
         parts.append(f"{settings['augmentation']} augmentation (nnU-Net's without noise, blur, low resolution)")
-    if "cpu_batch_voxels" in settings:
+    if "batch_size" in settings:
+        parts.append(f"batch {settings['batch_size']} (--batch-size; nnU-Net planned {planned_batch})")
+    elif "cpu_batch_voxels" in settings:
         batches = sorted({f["batch_size"] for f in folds.values()})
         parts.append(f"batch at most {settings['cpu_batch_voxels']:,} voxels on a CPU (batch "
                      f"{', '.join(map(str, batches))}; nnU-Net planned {planned_batch} for a GPU)")

@@ -82,6 +82,24 @@ def test_light_augmentation_drops_only_the_degradations_of_nnunets_pipeline():
         select_augmentation(None, "none")
 
 
+def test_batch_is_nnunets_capped_on_a_cpu_unless_the_user_sets_it():
+    from types import SimpleNamespace
+
+    from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
+
+    def batch(device: str, **settings) -> int:
+        trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
+        trainer.is_ddp, trainer.device, trainer.budget = False, torch.device(device), FoldBudget(**settings)
+        trainer.configuration_manager = SimpleNamespace(batch_size=6, patch_size=[40, 56, 40])
+        trainer.print_to_log_file = lambda *a, **k: None
+        trainer._set_batch_size_and_oversample()
+        return trainer.batch_size
+
+    assert batch("cpu") == 2 and batch("meta") == 6  # 180,000 voxels: two 40x56x40 patches; no cap off a CPU
+    assert batch("cpu", cpu_batch_voxels=360_000) == 4
+    assert batch("cpu", batch_size=5) == 5 and batch("meta", batch_size=1) == 1
+
+
 def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
     """The final validation's reserve comes from a measured window, not from the training batch's steps."""
     from types import SimpleNamespace

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "time: constant then linear decay (default), poly, cosine")
     p.add_argument("--decay-fraction", type=float, default=0.3, help="constant_decay: share of the time spent "
                    "decaying to zero (default 0.3)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="patches per training step (default: nnU-Net's "
+                   "plan, at most 180,000 voxels on a CPU)")
     p.add_argument("--augmentation", default="nnunet", choices=AUGMENTATIONS, help="nnunet: nnU-Net's data "
                    "augmentation (default); light: without its noise, blur and low-resolution transforms")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
@@ -132,6 +134,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         raise InputError(f"-t {args.minutes:g}: the budget must be a positive number of minutes")
     if not 0.0 < args.decay_fraction <= 1.0:
         raise InputError(f"--decay-fraction {args.decay_fraction:g}: use a share of the time in (0, 1]")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: use 1 or more patches per step")
     if args.width is not None and not 0.0 < args.width <= 1.0:
         raise InputError(f"--width {args.width:g}: use a share of nnU-Net's planned features in (0, 1]")
     if args.width is not None and args.pretrained:
@@ -163,7 +167,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
         advise_budget=not args.example,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
-                  "augmentation": args.augmentation}, trainer_options=trainer_options)
+                  "augmentation": args.augmentation, "batch_size": args.batch_size}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")

@@ -53,6 +53,7 @@ class FoldBudget:
     checkpoint_every: float = 120.0    # seconds between checkpoint_latest writes
     max_epoch_seconds: float = 120.0
     cpu_batch_voxels: int = 180_000    # about two 3D hippocampus patches: ~1.6 s per iteration on 2 cores
+    batch_size: int | None = None      # the user's batch: replaces nnU-Net's plan and the CPU cap
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
     augmentation: str = "nnunet"       # or "light" (augmentation.py)
@@ -145,7 +146,10 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        if self.device.type == "cpu" and not self.is_ddp:
+        if self.budget.batch_size and not self.is_ddp:
+            self.print_to_log_file(f"batch size {self.batch_size} -> {self.budget.batch_size} (--batch-size)")
+            self.batch_size = self.budget.batch_size
+        elif self.device.type == "cpu" and not self.is_ddp:
             cap = max(2, self.budget.cpu_batch_voxels // int(np.prod(self.configuration_manager.patch_size)))
             if self.batch_size > cap:
                 self.print_to_log_file(f"CPU: batch size {self.batch_size} -> {cap} (at most "
