@@ -26,7 +26,9 @@ def case_means(work: Path, predictions: str) -> dict[str, float]:
         raise SystemExit(f"{work}: expected one trained bundle in output_models/, found {len(manifests)}")
     names = json.loads(manifests[0].read_text())["labels"]["names"]
     per = per_case_dice(work / predictions, work / "heldout" / "labels", names)
-    return {case: sum(d.values()) / len(d) for case, d in per.items()}
+    from medseg_auto.metrics import nanmean  # per_case_dice put the repository on the path
+
+    return {case: nanmean(d.values()) for case, d in per.items()}
 
 
 def main() -> None:
@@ -36,8 +38,8 @@ def main() -> None:
     args = p.parse_args()
     base = case_means(args.runs[0], args.predictions)
     print(f"{'run':<36} {'cases':>5} {'mean Dice':>9} {'diff':>8} {'SE':>7} {'diff/SE':>7}")
-    for run in args.runs:
-        means = case_means(run, args.predictions)
+    for i, run in enumerate(args.runs):
+        means = base if i == 0 else case_means(run, args.predictions)
         if means.keys() != base.keys():
             raise SystemExit(f"{run}: its held-out cases are not those of {args.runs[0]}")
         diffs = [means[c] - base[c] for c in base]
