@@ -11,6 +11,7 @@ import numpy as np
 from medseg_auto.ingest import CheckedDataset
 from medseg_auto.ingest.convert import Conversion
 from medseg_auto.ingest.formats import image_ending
+from medseg_auto.trainers.augmentation import DESCRIPTIONS
 
 LAYOUTS = {
     "nnunet_raw": "nnU-Net raw (imagesTr/ + labelsTr/)",
@@ -211,7 +212,7 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
              f"{workers or 'no'} augmentation worker(s)" + (" (augmentation in the main process)" if not workers
                                                          else "")]
     if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
-        parts.append(f"{settings['augmentation']} augmentation (nnU-Net's without noise, blur, low resolution)")
+        parts.append(f"{settings['augmentation']} augmentation ({DESCRIPTIONS[settings['augmentation']]})")
     if "batch_size" in settings:
         parts.append(f"batch {settings['batch_size']} (--batch-size; nnU-Net planned {planned_batch})")
     elif "cpu_batch_voxels" in settings:

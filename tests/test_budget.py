@@ -82,6 +82,44 @@ def test_light_augmentation_drops_only_the_degradations_of_nnunets_pipeline():
         select_augmentation(None, "none")
 
 
+def test_strong_augmentation_is_nnunets_DA5_pipeline_and_patch_size():
+    """``strong`` trains with nnUNetTrainerDA5's pipeline and its larger initial patch (it scales down to 0.7),
+    ``nnunet`` with nnUNetTrainer's."""
+    from types import SimpleNamespace
+
+    from batchgeneratorsv2.transforms.noise.blank_rectangle import BlankRectangleTransform
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
+
+    def trainer(augmentation: str) -> SimpleNamespace:
+        return SimpleNamespace(budget=FoldBudget(augmentation=augmentation), local_rank=0,
+                               configuration_manager=SimpleNamespace(patch_size=[40, 56, 40]),
+                               print_to_log_file=lambda *a, **k: None)
+
+    def build(augmentation: str) -> tuple[list, list, list]:
+        t = trainer(augmentation)
+        rotation, dummy_2d, initial, mirror = \
+            nnUNetTrainerTimeBudget.configure_rotation_dummyDA_mirroring_and_inital_patch_size(t)
+        steps = nnUNetTrainerTimeBudget.get_training_transforms(
+            t, [40, 56, 40], rotation, [[1, 1, 1], [0.5, 0.5, 0.5]], mirror, dummy_2d,
+            use_mask_for_norm=[False], foreground_labels=[1, 2]).transforms
+        kinds = [type(s.transform if isinstance(s, RandomTransform) else s) for s in steps]
+        return list(initial), kinds, list(t.inference_allowed_mirroring_axes)
+
+    (default_patch, default_steps, default_axes) = build("nnunet")
+    (strong_patch, strong_steps, strong_axes) = build("strong")
+    assert BlankRectangleTransform in strong_steps and BlankRectangleTransform not in default_steps
+    assert len(strong_steps) > len(default_steps)
+    assert all(s > d for s, d in zip(strong_patch, default_patch))  # room for DA5's 0.7 scaling
+    assert strong_axes == default_axes == [0, 1, 2]  # inference mirrors as before
+
+
+def test_the_cascade_refuses_strong_augmentation(project, train_cli):
+    code, _, err = train_cli("-d", "x", "-l", "a", "--trainer", "cascade", "--augmentation", "strong")
+    assert code == 2 and "--augmentation strong with --trainer cascade" in err
+
+
 def test_batch_is_nnunets_capped_on_a_cpu_unless_the_user_sets_it():
     from types import SimpleNamespace
 

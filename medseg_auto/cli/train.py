@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per training step (default: nnU-Net's "
                    "plan, at most 180,000 voxels on a CPU)")
     p.add_argument("--augmentation", default="nnunet", choices=AUGMENTATIONS, help="nnunet: nnU-Net's data "
-                   "augmentation (default); light: without its noise, blur and low-resolution transforms")
+                   "augmentation (default); light: without its noise, blur and low-resolution transforms; strong: "
+                   "nnU-Net's heavier nnUNetTrainerDA5 augmentation (not with --trainer cascade)")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")
@@ -146,6 +147,9 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     if trainer_options and args.trainer != "dualbranch":
         flags = " and ".join("--" + k.replace("_", "-") for k in trainer_options)
         raise InputError(f"{flags}: only for --trainer dualbranch")
+    if args.augmentation == "strong" and args.trainer == "cascade":
+        raise InputError("--augmentation strong with --trainer cascade: its rotations and local intensity transforms "
+                         "would scramble the cascade's coordinate channels; use --augmentation nnunet or light")
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)

@@ -10,8 +10,8 @@ What changes, and nothing else (network, loss, augmentation and inference are nn
 - ``checkpoint_latest`` is written every few minutes, atomically, with the fold's clock beside it, and an
   interruption saves one before leaving;
 - on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed);
-- ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms
-  (``augmentation.py``).
+- ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms; ``strong`` is
+  nnU-Net's ``nnUNetTrainerDA5`` augmentation (``augmentation.py``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from medseg_auto.trainers.augmentation import select_augmentation
+from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
 CLOCK_FILE = "medseg_clock.json"
@@ -56,7 +56,7 @@ class FoldBudget:
     batch_size: int | None = None      # the user's batch: replaces nnU-Net's plan and the CPU cap
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
-    augmentation: str = "nnunet"       # or "light" (augmentation.py)
+    augmentation: str = "nnunet"       # or "light", "strong" (augmentation.py)
 
 
 @dataclass
@@ -156,10 +156,16 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                                        f"{self.budget.cpu_batch_voxels} voxels per batch)")
                 self.batch_size = cap
 
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """The rotation, mirroring and initial patch size of the augmentation's nnU-Net trainer (``strong``
+        scales more, so it loads larger patches before cropping)."""
+        source = pipeline_source(self.budget.augmentation)
+        return source.configure_rotation_dummyDA_mirroring_and_inital_patch_size(self)
+
     def get_training_transforms(self, *args, **kwargs):
-        """nnU-Net's pipeline with the run's share of it (an instance method here, so it can read the budget;
-        nnU-Net calls it through ``self``)."""
-        pipeline = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        """The augmentation's nnU-Net pipeline, or the run's share of it (an instance method here, so it can
+        read the budget; nnU-Net calls it through ``self``)."""
+        pipeline = pipeline_source(self.budget.augmentation).get_training_transforms(*args, **kwargs)
         return select_augmentation(pipeline, self.budget.augmentation)
 
     # -- epochs sized to the time left ----------------------------------------------------------------------
