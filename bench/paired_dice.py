@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 from heldout import per_case_dice  # bench/ is on the path when a script runs
@@ -45,7 +46,7 @@ def main() -> None:
         diffs = [means[c] - base[c] for c in base]
         n = len(diffs)
         mean = sum(diffs) / n
-        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
+        se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
         ratio = f"{mean / se:+7.1f}" if se > 0 else "      -"
         print(f"{str(run):<36} {n:>5} {sum(means.values()) / n:>9.4f} {mean:>+8.4f} {se:>7.4f} {ratio}")
 
