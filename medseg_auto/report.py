@@ -219,11 +219,12 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
         batches = sorted({f["batch_size"] for f in folds.values()})
         parts.append(f"batch at most {settings['cpu_batch_voxels']:,} voxels on a CPU (batch "
                      f"{', '.join(map(str, batches))}; nnU-Net planned {planned_batch} for a GPU)")
+    lr = f"learning rate {settings.get('learning_rate', 0.01):g}"  # cards written before it was an option: 0.01
     if settings["lr_shape"] == "constant_decay":
-        parts.append(f"learning rate constant, then linear to zero over the last "
+        parts.append(f"{lr} constant, then linear to zero over the last "
                      f"{settings['decay_fraction']:.0%} of each fold's time")
     else:
-        parts.append(f"learning rate: {settings['lr_shape']} over each fold's time")
+        parts.append(f"{lr}, {settings['lr_shape']} over each fold's time")
     return "; ".join(parts) + "."
 
 

@@ -66,7 +66,9 @@ class RunOptions:
 def train(opts: RunOptions) -> Path | None:
     """Run the whole pipeline; returns the exported bundle (None for a dry run)."""
     from medseg_auto.export import refuse_existing
+    from medseg_auto.trainers.augmentation import check_augmentation
 
+    check_augmentation(opts.settings.get("augmentation", "nnunet"), opts.trainer)  # API callers skip the CLI's
     clock = RunClock(opts.minutes * 60.0)
     bundle = opts.output_dir / opts.name
     if not (opts.dry_run or opts.check_only):

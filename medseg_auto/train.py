@@ -55,7 +55,7 @@ def configure_nnunet_processes(device_type: str) -> None:
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers (as nnU-Net reads them), how much augmentation, the learning-rate shape, and the user's batch
+    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, and the user's batch
     or, on a CPU, the batch cap in voxels."""
     import torch
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -65,7 +65,7 @@ def training_settings(device_type: str, settings: dict) -> dict:
     budget = FoldBudget(**settings)
     out = {"device": device_type, "torch_threads": torch.get_num_threads(),
            "augmentation_workers": get_allowed_n_proc_DA(), "augmentation": budget.augmentation,
-           "lr_shape": budget.lr_shape}
+           "lr_shape": budget.lr_shape, "learning_rate": budget.learning_rate or 0.01}
     if budget.lr_shape == "constant_decay":
         out["decay_fraction"] = budget.decay_fraction
     if budget.batch_size:

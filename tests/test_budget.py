@@ -118,6 +118,36 @@ def test_strong_augmentation_is_nnunets_DA5_pipeline_and_patch_size():
 def test_the_cascade_refuses_strong_augmentation(project, train_cli):
     code, _, err = train_cli("-d", "x", "-l", "a", "--trainer", "cascade", "--augmentation", "strong")
     assert code == 2 and "--augmentation strong with --trainer cascade" in err
+    from medseg_auto.errors import InputError
+    from medseg_auto.ingest import IngestOptions
+    from medseg_auto.run import RunOptions, train
+
+    api = RunOptions(name="x", ingest=IngestOptions(dataset_dir=project / "input_train" / "x"), minutes=5,
+                     folds=[0], trainer="cascade", settings={"augmentation": "strong"}, work_dir=project / "work")
+    with pytest.raises(InputError, match="--augmentation strong with --trainer cascade"):
+        train(api)  # the API refuses it too, before it looks for the data (there is none)
+    assert not (project / "work").exists()
+
+
+def test_the_initial_learning_rate_is_the_users_and_the_shape_scales_it(project, train_cli):
+    from types import SimpleNamespace
+
+    from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
+
+    def optimizer_and_schedule(**settings):
+        trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
+        trainer.budget, trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = FoldBudget(**settings), 1e-2, 3e-5, 9
+        trainer.network = torch.nn.Linear(2, 2)
+        trainer.training_fraction = lambda: 0.85  # halfway through the default decay
+        return trainer.configure_optimizers()
+
+    _, default = optimizer_and_schedule()
+    assert default.step() == pytest.approx(0.005)  # nnU-Net's 0.01, halved
+    optimizer, schedule = optimizer_and_schedule(learning_rate=0.03)
+    assert schedule.step() == pytest.approx(0.015)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.015])
+    code, _, err = train_cli("-d", "x", "-l", "a", "--lr", "0")
+    assert code == 2 and "--lr 0:" in err
 
 
 def test_batch_is_nnunets_capped_on_a_cpu_unless_the_user_sets_it():

@@ -18,7 +18,7 @@ from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
 from medseg_auto.run import RunOptions, train
 from medseg_auto.trainers import TRAINER_NAMES
-from medseg_auto.trainers.augmentation import AUGMENTATIONS
+from medseg_auto.trainers.augmentation import AUGMENTATIONS, check_augmentation
 from medseg_auto.trainers.schedule import SHAPES
 
 EXAMPLE_MINUTES = 4.0  # with start-up and data generation, about 5 minutes on a 2-core CPU
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "plan (default: 0.5 on a CPU, where more iterations are worth more than width; 1 on a GPU)")
     p.add_argument("--lr-shape", default="constant_decay", choices=SHAPES, help="learning rate over the fold's "
                    "time: constant then linear decay (default), poly, cosine")
+    p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate, which --lr-shape then scales "
+                   "over the time (default: nnU-Net's 0.01)")
     p.add_argument("--decay-fraction", type=float, default=0.3, help="constant_decay: share of the time spent "
                    "decaying to zero (default 0.3)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per training step (default: nnU-Net's "
@@ -147,9 +149,9 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     if trainer_options and args.trainer != "dualbranch":
         flags = " and ".join("--" + k.replace("_", "-") for k in trainer_options)
         raise InputError(f"{flags}: only for --trainer dualbranch")
-    if args.augmentation == "strong" and args.trainer == "cascade":
-        raise InputError("--augmentation strong with --trainer cascade: its rotations and local intensity transforms "
-                         "would scramble the cascade's coordinate channels; use --augmentation nnunet or light")
+    check_augmentation(args.augmentation, args.trainer)
+    if args.lr is not None and not 0.0 < args.lr <= 1.0:
+        raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -171,7 +173,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
         advise_budget=not args.example,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
-                  "augmentation": args.augmentation, "batch_size": args.batch_size}, trainer_options=trainer_options)
+                  "augmentation": args.augmentation, "batch_size": args.batch_size,
+                  "learning_rate": args.lr}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from medseg_auto.errors import InputError
+
 if TYPE_CHECKING:  # the CLI reads AUGMENTATIONS without importing torch
     from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
@@ -22,6 +24,15 @@ DESCRIPTIONS = {  # for the model card
     "light": "nnU-Net's data augmentation without its noise, blur and low-resolution transforms",
     "strong": "nnU-Net's heavier augmentation of nnUNetTrainerDA5",
 }
+
+
+def check_augmentation(augmentation: str, trainer: str) -> None:
+    """Refuse an augmentation the trainer cannot take (``InputError``), before anything runs."""
+    if augmentation not in AUGMENTATIONS:
+        raise InputError(f"--augmentation {augmentation}: use one of {', '.join(AUGMENTATIONS)}")
+    if augmentation == "strong" and trainer == "cascade":
+        raise InputError("--augmentation strong with --trainer cascade: its rotations and local intensity transforms "
+                         "would scramble the cascade's coordinate channels; use --augmentation nnunet or light")
 
 
 def pipeline_source(augmentation: str) -> type:

@@ -54,6 +54,7 @@ class FoldBudget:
     max_epoch_seconds: float = 120.0
     cpu_batch_voxels: int = 180_000    # about two 3D hippocampus patches: ~1.6 s per iteration on 2 cores
     batch_size: int | None = None      # the user's batch: replaces nnU-Net's plan and the CPU cap
+    learning_rate: float | None = None  # the user's initial rate: replaces nnU-Net's 0.01
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
     augmentation: str = "nnunet"       # or "light", "strong" (augmentation.py)
@@ -140,6 +141,8 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         return self.elapsed() / max(self.training_seconds(), 1e-6)
 
     def configure_optimizers(self):
+        if self.budget.learning_rate:
+            self.initial_lr = self.budget.learning_rate
         optimizer, _ = super().configure_optimizers()
         return optimizer, ElapsedFractionLR(optimizer, self.initial_lr, self.training_fraction,
                                             self.budget.lr_shape, self.budget.decay_fraction)
