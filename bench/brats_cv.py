@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from cascade_vs_default import CHANNELS, DATA, NAME, REGIONS, split_cases  # bench/ is on the path
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = {"default": [], "dualbranch": ["--branches", "T1c|FLAIR"]}
@@ -92,10 +93,8 @@ def main() -> int:
         print(efficiency.stderr[-3000:], file=sys.stderr)
         return 1
 
-    import torch
-
     regions = list(next(iter(cards.values()))["cross_validation_dice"])
-    print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}; BraTS 2015 "
+    print(f"\n{describe(args.device)}; BraTS 2015 "
           f"subset, {len(cases)} cases, FLAIR + T1c; -c {args.configuration}, -f all, -t {args.minutes:g} each\n")
     print("| trainer | run wall time | fold | held-out cases | iterations x batch | "
           + " | ".join(f"Dice {r}" for r in regions) + " |")

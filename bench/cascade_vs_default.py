@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import describe  # bench/ is on the path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data")) / "brats2015_subset"
@@ -117,10 +118,8 @@ def main() -> int:
         print(done.stderr[-1500:], file=sys.stderr)
         results[t] = json.loads(done.stdout.strip().splitlines()[-1])
 
-    import torch
-
     inference = "step 0.5 with mirroring" if args.tta else "--fast"
-    print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device {args.device}; BraTS 2015 "
+    print(f"\n{describe(args.device)}; BraTS 2015 "
           f"subset, FLAIR + T1c at 240x240x155; trained on {', '.join(train_cases)} (-f full, -t {args.minutes:g} "
           f"each); held out: {', '.join(test_cases)}; inference {inference}\n")
     regions = list(results["default"]["dice"])

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from heldout import mean_dice  # bench/ is on the path when a script runs
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
@@ -165,6 +166,7 @@ def main() -> int:
         ours_file.write_text(json.dumps({"wall": ours_wall}))
         if args.ours_only:
             names = json.loads((bundle / "model_card.json").read_text())["labels"]["names"]
+            print(describe("cpu"))
             for tta in (False, True):
                 d, per = mean_dice(work / f"pred_ours{'_tta' if tta else ''}", heldout / "labels", names)
                 print(f"ours, {'mirrored' if tta else 'no mirroring'}: mean Dice {d:.4f} ({per})")
@@ -183,9 +185,8 @@ def main() -> int:
     names = card["labels"]["names"]
     dice = {(engine, tta): mean_dice(work / f"pred_{engine}{'_tta' if tta else ''}", heldout / "labels", names)
             for engine in ("ours", "plain") for tta in (False, True)}
-    import torch
 
-    print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu; {name}: "
+    print(f"\n{describe('cpu')}; {name}: "
           f"{card['training_cases']} training cases (fold 0 of nnU-Net's split), {args.heldout} held-out cases\n")
     print("| | budget | wall time | training time | iterations x batch | samples seen | mean Dice, no mirroring "
           "| mean Dice, mirrored | per label (mirrored) |")

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from heldout import mean_dice  # bench/ is on the path when a script runs
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {"default": {"step": 0.5, "mirroring": True}, "fast": {"step": 0.75, "mirroring": False}}
@@ -115,9 +116,7 @@ def main() -> int:
             results[(engine, setting)] = json.loads(done.stdout.strip().splitlines()[-1])
             results[(engine, setting)]["dice"] = mean_dice(out, args.labels, manifest["labels"]["names"])
 
-    import torch
-
-    print(f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}, device cpu; bundle {args.bundle} "
+    print(f"\n{describe('cpu')}; bundle {args.bundle} "
           f"(folds {','.join(folds)}); {results[('ours', 'default')]['scans']} scans")
     print("settings: default = step 0.5 with mirroring (nnU-Net's defaults); fast = step 0.75, no mirroring\n")
     print("| engine | settings | model load s | per scan s | total s | mean Dice | per label |")

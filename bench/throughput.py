@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe  # bench/ is on the path when a script runs
 from medseg_auto.train import nnunet_process_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,9 +196,7 @@ def main() -> int:
             return 1
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
-    import torch
-
-    print(f"\nmachine: {CPUS} CPU cores, torch {torch.__version__}, device cpu; hippocampus 3d_fullres, "
+    print(f"\n{describe('cpu')}; hippocampus 3d_fullres, "
           f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
     print("| variant | trainer | features per stage | batch x patch | torch threads | DA workers | compiled "
           "| warm-up s | first val. step s | s / iteration | waiting for data s / it | samples / s | voxels / s |")
