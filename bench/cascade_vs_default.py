@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from machine import describe  # bench/ is on the path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]

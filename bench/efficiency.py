@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from machine import describe  # bench/ is on the path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,7 +250,6 @@ def main() -> int:
                 card["efficiency"] = {k: v for k, v in row.items() if k not in ("bundle", "which")} | {
                     "device": args.device, "inference_settings": "mirrored, step 0.5" if args.tta else "fast"}
                 card_file.write_text(json.dumps(card, indent=1))
-
     print(f"\n{describe(args.device)}; "
           f"memory: {'CUDA allocations' if args.device == 'cuda' else 'peak resident set above the loaded model'}\n")
     print("| bundle | network | parameters | batch x patch | training step s | step activations MB "
