@@ -130,8 +130,6 @@ def test_the_cascade_refuses_strong_augmentation(project, train_cli):
 
 
 def test_the_initial_learning_rate_is_the_users_and_the_shape_scales_it(project, train_cli):
-    from types import SimpleNamespace
-
     from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
 
     def optimizer_and_schedule(**settings):
