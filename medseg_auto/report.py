@@ -213,6 +213,8 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
                                                          else "")]
     if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
         parts.append(f"{settings['augmentation']} augmentation ({DESCRIPTIONS[settings['augmentation']]})")
+    if settings.get("precision") == "bf16":  # fp32, nnU-Net's on a CPU, goes unsaid
+        parts.append("training forward pass in bfloat16 autocast (--precision bf16)")
     if "batch_size" in settings:
         parts.append(f"batch {settings['batch_size']} (--batch-size; nnU-Net planned {planned_batch})")
     elif "cpu_batch_voxels" in settings:

@@ -67,8 +67,10 @@ def train(opts: RunOptions) -> Path | None:
     """Run the whole pipeline; returns the exported bundle (None for a dry run)."""
     from medseg_auto.export import refuse_existing
     from medseg_auto.trainers.augmentation import check_augmentation
+    from medseg_auto.trainers.precision import check_precision
 
     check_augmentation(opts.settings.get("augmentation", "nnunet"), opts.trainer)  # API callers skip the CLI's
+    check_precision(opts.settings.get("precision", "fp32"))
     clock = RunClock(opts.minutes * 60.0)
     bundle = opts.output_dir / opts.name
     if not (opts.dry_run or opts.check_only):

@@ -55,8 +55,8 @@ def configure_nnunet_processes(device_type: str) -> None:
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, and the user's batch
-    or, on a CPU, the batch cap in voxels."""
+    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, on a CPU the precision,
+    and the user's batch or, on a CPU, the batch cap in voxels."""
     import torch
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
@@ -68,6 +68,8 @@ def training_settings(device_type: str, settings: dict) -> dict:
            "lr_shape": budget.lr_shape, "learning_rate": budget.learning_rate or 0.01}
     if budget.lr_shape == "constant_decay":
         out["decay_fraction"] = budget.decay_fraction
+    if device_type == "cpu":
+        out["precision"] = budget.precision
     if budget.batch_size:
         out["batch_size"] = budget.batch_size
     elif device_type == "cpu":

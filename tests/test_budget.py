@@ -214,3 +214,37 @@ def test_too_small_budget_is_refused_up_front_without_planning(project, train_cl
     assert "too little to train anything" in err and "-f 0" in err and "Use at least -t" in err
     assert not (project / "work" / "hippo" / "nnUNet_preprocessed").exists()  # refused before planning
     assert not (project / "output_models" / "hippo").exists()
+
+
+def test_bf16_casts_only_the_training_forward_and_keeps_float32_weights():
+    from medseg_auto.trainers.precision import train_in_bf16
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
+    inside: list[torch.dtype] = []
+    network[0].register_forward_hook(lambda module, args, out: inside.append(out.dtype))
+    x = torch.randn(2, 1, 8, 8, 8)
+    reference = network(x)
+    train_in_bf16(network)
+    out = network(x)
+    assert inside == [torch.float32, torch.bfloat16]  # the convolution ran in bfloat16 ...
+    assert out.dtype == torch.float32  # ... and the loss gets float32
+    assert torch.allclose(out, reference, atol=0.05) and not torch.equal(out, reference)
+    out.square().mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in network.parameters())
+    assert all(v.dtype == torch.float32 for v in network.state_dict().values())
+    network.eval()
+    assert network(x).dtype == torch.float32 and inside[-1] == torch.float32  # validation: nnU-Net's float32
+
+
+def test_an_unknown_precision_is_refused_before_any_work(project):
+    from medseg_auto.errors import InputError
+    from medseg_auto.ingest import IngestOptions
+    from medseg_auto.run import RunOptions, train
+
+    api = RunOptions(name="x", ingest=IngestOptions(dataset_dir=project / "input_train" / "x"), minutes=5,
+                     folds=[0], settings={"precision": "fp16"}, work_dir=project / "work")
+    with pytest.raises(InputError, match="precision 'fp16': use one of fp32, bf16"):
+        train(api)
+    assert not (project / "work").exists()

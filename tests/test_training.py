@@ -50,7 +50,7 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert settings["device"] == "cpu" and settings["torch_threads"] == (os.cpu_count() or 1)
     assert settings["augmentation_workers"] == max(1, (os.cpu_count() or 1) // 4)
     assert settings["lr_shape"] == "constant_decay" and settings["cpu_batch_voxels"] > 0
-    assert settings["augmentation"] == "nnunet"
+    assert settings["augmentation"] == "nnunet" and settings["precision"] == "fp32"
     assert f"{settings['torch_threads']} torch thread(s)" in readme and "batch at most" in readme
     checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint
@@ -91,8 +91,11 @@ def test_existing_bundle_is_never_overwritten(trained):
     assert not (project / "work" / "hippo").exists()  # refused before any work
 
 
+BF16 = ("--precision", "bf16")  # the interrupted run trains in bfloat16 autocast, and its resumes keep it
+
+
 def _start(project: Path, log: Path, minutes: float) -> subprocess.Popen:
-    return subprocess.Popen(_command(project, minutes=minutes), stdout=subprocess.DEVNULL,
+    return subprocess.Popen(_command(project, *BF16, minutes=minutes), stdout=subprocess.DEVNULL,
                             stderr=open(log, "w"), env=_env(), start_new_session=True)
 
 
@@ -128,7 +131,7 @@ def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     # 2. the same command resumes; a second run on the same dataset meanwhile is refused by the lock
     second = _start(project, tmp_path / "second.log", minutes)
     _wait_for(tmp_path / "second.log", "fold 0: resuming after epoch", second)
-    rival = subprocess.run(_command(project, minutes=minutes), capture_output=True, text=True, timeout=120,
+    rival = subprocess.run(_command(project, *BF16, minutes=minutes), capture_output=True, text=True, timeout=120,
                            env=_env())
     assert rival.returncode == 2 and "Another medseg_auto run" in rival.stderr
     _wait_for(tmp_path / "second.log", "| epoch", second)
@@ -138,13 +141,15 @@ def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     assert spent_before_kill > state["clock"]["spent"]
 
     # 3. resumes again after kill -9 (the lock died with the process) and finishes within the budget
-    third = subprocess.run(_command(project, minutes=minutes), capture_output=True, text=True, timeout=600,
+    third = subprocess.run(_command(project, *BF16, minutes=minutes), capture_output=True, text=True, timeout=600,
                            env=_env())
     assert third.returncode == 0, third.stderr[-3000:]
     assert "Resuming the unfinished run" in third.stderr
     card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
     assert card["time_used_seconds"] <= minutes * 60 + TOLERANCE_S
     assert card["folds"]["0"]["epochs"] >= 2
+    assert card["training_settings"]["precision"] == "bf16"
+    assert "bfloat16 autocast" in (project / "output_models" / "hippo" / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from medseg_auto.plan import CONFIGURATIONS
 from medseg_auto.run import RunOptions, train
 from medseg_auto.trainers import TRAINER_NAMES
 from medseg_auto.trainers.augmentation import AUGMENTATIONS, check_augmentation
+from medseg_auto.trainers.precision import PRECISIONS
 from medseg_auto.trainers.schedule import SHAPES
 
 EXAMPLE_MINUTES = 4.0  # with start-up and data generation, about 5 minutes on a 2-core CPU
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentation", default="nnunet", choices=AUGMENTATIONS, help="nnunet: nnU-Net's data "
                    "augmentation (default); light: without its noise, blur and low-resolution transforms; strong: "
                    "nnU-Net's heavier nnUNetTrainerDA5 augmentation (not with --trainer cascade)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="CPU training: fp32 (nnU-Net's, the "
+                   "default) or bf16: the forward pass in bfloat16 autocast, faster on processors with native "
+                   "bfloat16 (AVX-512 BF16, AMX); a GPU uses nnU-Net's mixed precision either way")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")
@@ -174,7 +178,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         advise_budget=not args.example,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
                   "augmentation": args.augmentation, "batch_size": args.batch_size,
-                  "learning_rate": args.lr}, trainer_options=trainer_options)
+                  "learning_rate": args.lr, "precision": args.precision}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
         print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")

@@ -10,6 +10,7 @@ What changes, and nothing else (network, loss, augmentation and inference are nn
 - ``checkpoint_latest`` is written every few minutes, atomically, with the fold's clock beside it, and an
   interruption saves one before leaving;
 - on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed);
+- ``precision: bf16`` trains the forward pass in bfloat16 autocast on a CPU (``precision.py``);
 - ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms; ``strong`` is
   nnU-Net's ``nnUNetTrainerDA5`` augmentation (``augmentation.py``).
 """
@@ -29,6 +30,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
+from medseg_auto.trainers.precision import native_bf16, train_in_bf16
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
 CLOCK_FILE = "medseg_clock.json"
@@ -58,6 +60,7 @@ class FoldBudget:
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
     augmentation: str = "nnunet"       # or "light", "strong" (augmentation.py)
+    precision: str = "fp32"            # or "bf16": the CPU training forward in bfloat16 autocast (precision.py)
 
 
 @dataclass
@@ -158,6 +161,18 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                 self.print_to_log_file(f"CPU: batch size {self.batch_size} -> {cap} (at most "
                                        f"{self.budget.cpu_batch_voxels} voxels per batch)")
                 self.batch_size = cap
+
+    def initialize(self):
+        super().initialize()
+        if self.budget.precision != "bf16":
+            return
+        if self.device.type != "cpu":
+            self.print_to_log_file(f"precision bf16 is for CPU training; on {self.device.type} nnU-Net's own "
+                                   "mixed precision is used.")
+            return
+        train_in_bf16(self.network)
+        self.print_to_log_file("Training forward in bfloat16 autocast (--precision bf16)" + (
+            "." if native_bf16() else ": this CPU has no native bfloat16, so it may be slower than float32."))
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         """The rotation, mirroring and initial patch size of the augmentation's nnU-Net trainer (``strong``
