@@ -32,8 +32,9 @@ CPUS = os.cpu_count() or 1
 # name -> (trainer class, environment, knobs): nnU-Net as its own command would run it, our CPU defaults,
 # and the probes that chose those defaults (``--probes``). Knobs: batch (int), threads (torch threads),
 # compile (torch.compile of the network and the Dice loss, as nnU-Net does on a GPU), width (features per
-# stage as a share of nnU-Net's plan; ours default to plan.CPU_WIDTH), bf16 (the network's forward under
-# CPU bfloat16 autocast, its outputs back to float32 for the loss), channels_last (channels-last 3D weights).
+# stage as a share of nnU-Net's plan; ours default to plan.CPU_WIDTH), precision (ours: fp32 or bf16 instead
+# of the default auto, which times both at the first step: trainers/precision.py), channels_last
+# (channels-last 3D weights).
 OURS_ENV = nnunet_process_settings("cpu")  # what exe_train.py sets on a CPU
 VARIANTS = {
     "nnunet": ("nnUNetTrainer", {}, {}),
@@ -50,7 +51,8 @@ PROBES = {
     "ours nnU-Net's width": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 1.0}),
     "ours width 0.375": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 0.375}),
     "ours width 0.25": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 0.25}),
-    "ours bf16 autocast": ("nnUNetTrainerTimeBudget", OURS_ENV, {"bf16": True}),
+    "ours bf16 autocast": ("nnUNetTrainerTimeBudget", OURS_ENV, {"precision": "bf16"}),
+    "ours fp32": ("nnUNetTrainerTimeBudget", OURS_ENV, {"precision": "fp32"}),
     "ours channels-last": ("nnUNetTrainerTimeBudget", OURS_ENV, {"channels_last": True}),
 }
 
@@ -97,15 +99,8 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     trainer.network.train()
     if knobs.get("channels_last"):
         trainer.network.to(memory_format=torch.channels_last_3d)
-    if knobs.get("bf16"):
-        forward = trainer.network.forward
-
-        def bf16_forward(x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = forward(x)
-            return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-
-        trainer.network.forward = bf16_forward
+    if "precision" in knobs:
+        trainer.budget.precision = knobs["precision"]
     try:
         start = time.perf_counter()
         for _ in range(warmup):
@@ -133,7 +128,8 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
             "features": features,
             "torch_threads": torch.get_num_threads(),
             "da_workers": os.environ.get("nnUNet_n_proc_DA", "nnU-Net default"),
-            "compiled": hasattr(trainer.network, "_orig_mod"), "warmup_seconds": warmup_seconds,
+            "compiled": hasattr(trainer.network, "_orig_mod"), "precision": getattr(trainer, "precision", "fp32"),
+            "warmup_seconds": warmup_seconds,
             "first_validation_seconds": first_validation, "seconds_per_iteration": seconds,
             "data_wait_seconds": waited / iterations, "iterations_per_second": 1 / seconds,
             "voxels_per_second": voxels / seconds, "samples_per_second": trainer.batch_size / seconds}
@@ -199,12 +195,14 @@ def main() -> int:
     print(f"\n{describe('cpu')}; hippocampus 3d_fullres, "
           f"{args.cases} cases planned, {args.iterations} timed iterations after {args.warmup}\n")
     print("| variant | trainer | features per stage | batch x patch | torch threads | DA workers | compiled "
-          "| warm-up s | first val. step s | s / iteration | waiting for data s / it | samples / s | voxels / s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| precision | warm-up s | first val. step s | s / iteration | waiting for data s / it | samples / s "
+          "| voxels / s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['trainer']} | {','.join(map(str, r['features']))} | "
               f"{r['batch']} x {'x'.join(map(str, r['patch']))} | "
               f"{r['torch_threads']} | {r['da_workers']} | {'yes' if r['compiled'] else 'no'} | "
+              f"{r['precision']} | "
               f"{r['warmup_seconds']:.0f} | {r['first_validation_seconds']:.1f} | {r['seconds_per_iteration']:.2f} | "
               f"{r['data_wait_seconds']:.2f} | "
               f"{r['samples_per_second']:.2f} | {r['voxels_per_second']:,.0f} |")

@@ -107,6 +107,7 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
 def _fold_card(fold: dict) -> dict:
     keys = ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")
     card = {k: fold[k] for k in keys}
+    card["precision"] = fold.get("precision", "fp32")  # runs recorded before it was chosen: float32
     if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model)
         card["stages"] = {name: {k: stage[k] for k in keys} for name, stage in fold["stages"].items()}
     return card
@@ -213,8 +214,8 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
                                                          else "")]
     if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
         parts.append(f"{settings['augmentation']} augmentation ({DESCRIPTIONS[settings['augmentation']]})")
-    if settings.get("precision") == "bf16":  # fp32, nnU-Net's on a CPU, goes unsaid
-        parts.append("training forward pass in bfloat16 autocast (--precision bf16)")
+    if "precision" in settings:  # cards written before it was recorded say nothing
+        parts.append(_precision_text(settings["precision"], folds))
     if "batch_size" in settings:
         parts.append(f"batch {settings['batch_size']} (--batch-size; nnU-Net planned {planned_batch})")
     elif "cpu_batch_voxels" in settings:
@@ -228,6 +229,15 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
     else:
         parts.append(f"{lr}, {settings['lr_shape']} over each fold's time")
     return "; ".join(parts) + "."
+
+
+def _precision_text(asked: str, folds: dict) -> str:
+    """The training forward's precision in each fold, and who chose it."""
+    names = {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "nnU-Net's float16 autocast"}
+    used = " and ".join(names.get(p, p) for p in sorted({f.get("precision", "fp32") for f in folds.values()}))
+    if asked == "auto":
+        return f"training forward in {used} (--precision auto: by the processor's bfloat16 support and a timed step)"
+    return f"training forward in {used}" + (f" (--precision {asked})" if asked != "fp32" else "")
 
 
 def _version(package: str) -> str:

@@ -70,7 +70,7 @@ def train(opts: RunOptions) -> Path | None:
     from medseg_auto.trainers.precision import check_precision
 
     check_augmentation(opts.settings.get("augmentation", "nnunet"), opts.trainer)  # API callers skip the CLI's
-    check_precision(opts.settings.get("precision", "fp32"))
+    check_precision(opts.settings.get("precision", "auto"))
     clock = RunClock(opts.minutes * 60.0)
     bundle = opts.output_dir / opts.name
     if not (opts.dry_run or opts.check_only):

@@ -30,6 +30,7 @@ class FoldResult:
     iterations: int
     batch_size: int
     validation: str                      # mirrored, fast or skipped
+    precision: str = "fp32"              # of the training forward: fp32, bf16 (CPU) or fp16 (CUDA autocast)
     dice: dict[str, float] = field(default_factory=dict)  # label or region name -> held-out Dice
     folder: str = ""
 
@@ -55,8 +56,8 @@ def configure_nnunet_processes(device_type: str) -> None:
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, on a CPU the precision,
-    and the user's batch or, on a CPU, the batch cap in voxels."""
+    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, the precision
+    asked for, and the user's batch or, on a CPU, the batch cap in voxels."""
     import torch
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
@@ -68,8 +69,7 @@ def training_settings(device_type: str, settings: dict) -> dict:
            "lr_shape": budget.lr_shape, "learning_rate": budget.learning_rate or 0.01}
     if budget.lr_shape == "constant_decay":
         out["decay_fraction"] = budget.decay_fraction
-    if device_type == "cpu":
-        out["precision"] = budget.precision
+    out["precision"] = budget.precision
     if budget.batch_size:
         out["batch_size"] = budget.batch_size
     elif device_type == "cpu":
@@ -147,7 +147,9 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
     clock = read_fold_clock(str(folder)) or {}
     return FoldResult(fold=fold, seconds=round(trainer.elapsed(), 1), epochs=clock.get("epochs", 0),
                       iterations=clock.get("iterations", 0), batch_size=trainer.batch_size,
-                      validation=trainer.validation_mode, dice=_validation_dice(summary, dataset_json),
+                      validation=trainer.validation_mode,
+                      precision=trainer.precision or clock.get("precision") or "fp32",
+                      dice=_validation_dice(summary, dataset_json),
                       folder=str(folder))
 
 

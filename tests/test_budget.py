@@ -245,6 +245,65 @@ def test_an_unknown_precision_is_refused_before_any_work(project):
 
     api = RunOptions(name="x", ingest=IngestOptions(dataset_dir=project / "input_train" / "x"), minutes=5,
                      folds=[0], settings={"precision": "fp16"}, work_dir=project / "work")
-    with pytest.raises(InputError, match="precision 'fp16': use one of fp32, bf16"):
+    with pytest.raises(InputError, match="precision .fp16.: use one of auto, fp32, bf16"):
         train(api)
     assert not (project / "work").exists()
+
+
+def test_auto_precision_takes_bf16_only_where_native_and_timed_faster(monkeypatch):
+    from medseg_auto.trainers import precision
+
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1))
+    timed: list[bool] = []
+
+    def fake_step(net, shape, bf16, repeats=2):
+        timed.append(bf16)
+        return seconds[bf16]
+
+    monkeypatch.setattr(precision, "step_seconds", fake_step)
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    seconds = {False: 1.0, True: 0.5}
+    choice, why = precision.choose_precision(network, (2, 1, 8, 8, 8))
+    assert choice == "fp32" and "no native bfloat16" in why and timed == []  # not even timed
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    assert precision.choose_precision(network, (2, 1, 8, 8, 8))[0] == "bf16" and timed == [False, True]
+    seconds = {False: 1.0, True: 0.95}  # within the 10% margin: not worth it
+    choice, why = precision.choose_precision(network, (2, 1, 8, 8, 8))
+    assert choice == "fp32" and "0.95 s in bfloat16 against 1.00 s in float32" in why
+
+
+def test_the_precision_probe_times_a_real_step_and_leaves_no_gradients():
+    from medseg_auto.trainers.precision import step_seconds
+
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 2, 1))
+    network.eval()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    for bf16 in (False, True):
+        assert 0.0 < step_seconds(network, (2, 1, 8, 8, 8), bf16) < 60.0
+    assert all(p.grad is None for p in network.parameters()) and not network.training  # its mode is restored
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())
+
+
+def test_a_resumed_fold_keeps_the_precision_auto_chose(tmp_path, monkeypatch):
+    from medseg_auto.trainers import time_budget
+    from medseg_auto.trainers.time_budget import CLOCK_FILE, FoldBudget, nnUNetTrainerTimeBudget
+
+    trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
+    trainer.budget, trainer.device, trainer.output_folder = FoldBudget(), torch.device("cpu"), str(tmp_path)
+    trainer.network = torch.nn.Conv3d(1, 2, 3)
+    trainer.print_to_log_file = lambda *a, **k: None
+    probes: list[tuple] = []
+    monkeypatch.setattr(time_budget, "choose_precision", lambda net, shape: probes.append(shape) or ("fp32", "timed"))
+    trainer._set_precision((2, 1, 8, 8, 8))
+    assert trainer.precision == "fp32" and probes == [(2, 1, 8, 8, 8)]  # a fresh fold: timed
+
+    (tmp_path / CLOCK_FILE).write_text('{"precision": "bf16"}')  # an interrupted fold that chose bf16
+    trainer.network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3))
+    inside: list[torch.dtype] = []
+    trainer.network[0].register_forward_hook(lambda module, args, out: inside.append(out.dtype))
+    trainer._set_precision((2, 1, 8, 8, 8))
+    assert trainer.precision == "bf16" and len(probes) == 1  # kept, not timed again
+    assert trainer.network(torch.randn(1, 1, 8, 8, 8)).dtype == torch.float32 and inside == [torch.bfloat16]
+    trainer.budget.precision = "fp32"  # the user's choice wins over the clock's
+    trainer._set_precision((2, 1, 8, 8, 8))
+    assert trainer.precision == "fp32" and len(probes) == 1

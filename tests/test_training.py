@@ -50,7 +50,11 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert settings["device"] == "cpu" and settings["torch_threads"] == (os.cpu_count() or 1)
     assert settings["augmentation_workers"] == max(1, (os.cpu_count() or 1) // 4)
     assert settings["lr_shape"] == "constant_decay" and settings["cpu_batch_voxels"] > 0
-    assert settings["augmentation"] == "nnunet" and settings["precision"] == "fp32"
+    assert settings["augmentation"] == "nnunet" and settings["precision"] == "auto"
+    from medseg_auto.trainers.precision import native_bf16  # auto: bf16 only where native and timed faster
+
+    assert fold["precision"] in (("fp32", "bf16") if native_bf16() else ("fp32",))
+    assert "(--precision auto: by the processor's bfloat16 support and a timed step)" in readme
     assert f"{settings['torch_threads']} torch thread(s)" in readme and "batch at most" in readme
     checkpoint = torch.load(bundle / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and "optimizer_state" not in checkpoint
@@ -148,8 +152,9 @@ def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
     assert card["time_used_seconds"] <= minutes * 60 + TOLERANCE_S
     assert card["folds"]["0"]["epochs"] >= 2
-    assert card["training_settings"]["precision"] == "bf16"
-    assert "bfloat16 autocast" in (project / "output_models" / "hippo" / "README.md").read_text()
+    assert card["training_settings"]["precision"] == "bf16" and card["folds"]["0"]["precision"] == "bf16"
+    assert "training forward in bfloat16 autocast (--precision bf16)" in \
+        (project / "output_models" / "hippo" / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmentation", default="nnunet", choices=AUGMENTATIONS, help="nnunet: nnU-Net's data "
                    "augmentation (default); light: without its noise, blur and low-resolution transforms; strong: "
                    "nnU-Net's heavier nnUNetTrainerDA5 augmentation (not with --trainer cascade)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="CPU training: fp32 (nnU-Net's, the "
-                   "default) or bf16: the forward pass in bfloat16 autocast, faster on processors with native "
-                   "bfloat16 (AVX-512 BF16, AMX); a GPU uses nnU-Net's mixed precision either way")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="CPU training's forward pass: fp32 "
+                   "(nnU-Net's), bf16 (bfloat16 autocast, faster on processors with native bfloat16: AVX-512 BF16, "
+                   "AMX) or auto (default: bf16 where the processor has it and a timed step is faster); a GPU uses "
+                   "nnU-Net's mixed precision either way")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")

@@ -10,7 +10,8 @@ What changes, and nothing else (network, loss, augmentation and inference are nn
 - ``checkpoint_latest`` is written every few minutes, atomically, with the fold's clock beside it, and an
   interruption saves one before leaving;
 - on a CPU the batch is capped in voxels (nnU-Net sizes it for a GPU's memory, not a CPU's speed);
-- ``precision: bf16`` trains the forward pass in bfloat16 autocast on a CPU (``precision.py``);
+- on a CPU with native bfloat16 the training forward runs in bfloat16 autocast where a timed step shows it
+  faster (``precision.py``; ``precision: fp32`` or ``bf16`` decides instead);
 - ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms; ``strong`` is
   nnU-Net's ``nnUNetTrainerDA5`` augmentation (``augmentation.py``).
 """
@@ -30,7 +31,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
-from medseg_auto.trainers.precision import native_bf16, train_in_bf16
+from medseg_auto.trainers.precision import choose_precision, native_bf16, train_in_bf16
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
 CLOCK_FILE = "medseg_clock.json"
@@ -60,7 +61,7 @@ class FoldBudget:
     mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
     validation_share: float = 0.35     # validate at all if it costs at most this share
     augmentation: str = "nnunet"       # or "light", "strong" (augmentation.py)
-    precision: str = "fp32"            # or "bf16": the CPU training forward in bfloat16 autocast (precision.py)
+    precision: str = "auto"            # CPU training forward: "fp32", "bf16" autocast, or timed (precision.py)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         self._val_windows: int | None = None
         self._reserve: float | None = None  # seconds kept for the final validation, updated every epoch
         self._input_channels: int | None = None  # as the network receives them (with any added channels)
+        self.precision: str | None = None  # of the training forward, chosen at the first step
 
     @classmethod
     def check_options(cls, channels: list[str], options: dict) -> None:
@@ -162,17 +164,29 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                                        f"{self.budget.cpu_batch_voxels} voxels per batch)")
                 self.batch_size = cap
 
-    def initialize(self):
-        super().initialize()
-        if self.budget.precision != "bf16":
-            return
+    def _set_precision(self, batch_shape: tuple[int, ...]) -> None:
+        """Choose the training forward's precision, at the first step (the probe needs the batch's shape):
+        ``fp16`` on CUDA (nnU-Net's autocast), else the run's ``fp32`` or ``bf16``; ``auto`` keeps an
+        interrupted fold's choice, or times both (``precision.choose_precision``)."""
+        asked = self.budget.precision
+        clock = read_fold_clock(self.output_folder) or {}
         if self.device.type != "cpu":
-            self.print_to_log_file(f"precision bf16 is for CPU training; on {self.device.type} nnU-Net's own "
-                                   "mixed precision is used.")
-            return
-        train_in_bf16(self.network)
-        self.print_to_log_file("Training forward in bfloat16 autocast (--precision bf16)" + (
-            "." if native_bf16() else ": this CPU has no native bfloat16, so it may be slower than float32."))
+            if asked == "bf16":
+                self.print_to_log_file(f"--precision bf16 is for CPU training; on {self.device.type} nnU-Net's "
+                                       "own mixed precision is used.")
+            self.precision = "fp16" if self.device.type == "cuda" else "fp32"
+        elif asked != "auto":
+            self.precision = asked
+            if asked == "bf16" and not native_bf16():
+                self.print_to_log_file("--precision bf16: this CPU has no native bfloat16, so it may be slower "
+                                       "than float32.")
+        elif clock.get("precision") in ("fp32", "bf16"):
+            self.precision = clock["precision"]
+        else:
+            self.precision, why = choose_precision(self.network, batch_shape)
+            self.print_to_log_file(f"--precision auto: {self.precision} ({why}).")
+        if self.precision == "bf16":
+            train_in_bf16(self.network)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         """The rotation, mirroring and initial patch size of the augmentation's nnU-Net trainer (``strong``
@@ -213,6 +227,8 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         if self.stop_requested.is_set():
             raise TrainingInterrupted
         self.lr_scheduler.step()
+        if self.precision is None:
+            self._set_precision(tuple(batch["data"].shape))
         self._input_channels = batch["data"].shape[1]
         out = super().train_step(batch)
         self.iterations_done += 1
@@ -279,7 +295,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
     def _write_clock(self) -> None:
         state = {"spent": self.elapsed(), "epochs": self.current_epoch + 1, "iterations": self.iterations_done,
                  "batch_size": self.batch_size, "speed": asdict(self._speed),
-                 "budget": asdict(self.budget), "validation": self.validation_mode}
+                 "budget": asdict(self.budget), "validation": self.validation_mode, "precision": self.precision}
         path = os.path.join(self.output_folder, CLOCK_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(state, f, indent=1, default=float)
