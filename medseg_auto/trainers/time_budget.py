@@ -169,7 +169,6 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         ``fp16`` on CUDA (nnU-Net's autocast), else the run's ``fp32`` or ``bf16``; ``auto`` keeps an
         interrupted fold's choice, or times both (``precision.choose_precision``)."""
         asked = self.budget.precision
-        clock = read_fold_clock(self.output_folder) or {}
         if self.device.type != "cpu":
             if asked == "bf16":
                 self.print_to_log_file(f"--precision bf16 is for CPU training; on {self.device.type} nnU-Net's "
@@ -180,8 +179,8 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             if asked == "bf16" and not native_bf16():
                 self.print_to_log_file("--precision bf16: this CPU has no native bfloat16, so it may be slower "
                                        "than float32.")
-        elif clock.get("precision") in ("fp32", "bf16"):
-            self.precision = clock["precision"]
+        elif (clock := read_fold_clock(self.output_folder) or {}).get("precision") in ("fp32", "bf16"):
+            self.precision = clock["precision"]  # a resumed fold keeps its choice
         else:
             self.precision, why = choose_precision(self.network, batch_shape)
             self.print_to_log_file(f"--precision auto: {self.precision} ({why}).")
