@@ -105,11 +105,16 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
 
 
 def _fold_card(fold: dict) -> dict:
-    keys = ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")
-    card = {k: fold[k] for k in keys}
-    card["precision"] = fold.get("precision", "fp32")  # runs recorded before it was chosen: float32
+    card = _stage_card(fold)
     if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model)
-        card["stages"] = {name: {k: stage[k] for k in keys} for name, stage in fold["stages"].items()}
+        card["stages"] = {name: _stage_card(stage) for name, stage in fold["stages"].items()}
+    return card
+
+
+def _stage_card(result: dict) -> dict:
+    """One trained model's line of a fold: time, iterations, validation, Dice and training precision."""
+    card = {k: result[k] for k in ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")}
+    card["precision"] = result.get("precision", "fp32")  # runs recorded before it was chosen: float32
     return card
 
 

@@ -196,6 +196,8 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     assert roi_config["medseg_auto_width"]["width"] == 0.5  # on a CPU the ROI model is narrowed as the main one
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["stages"][0]["share"] == 0.3 and card["folds"]["all"]["stages"]["roi"]["iterations"] > 0
+    roi_card, seg_card = card["folds"]["all"]["stages"]["roi"], card["folds"]["all"]
+    assert roi_card["precision"] in ("fp32", "bf16") and seg_card["precision"] in ("fp32", "bf16")
     assert "each fold: roi model 30% (3d_roi), then this model 70%" in (bundle / "README.md").read_text()
 
     scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "pred"
