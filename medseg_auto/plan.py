@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from medseg_auto.errors import InputError
 from medseg_auto.workspace import Workspace
@@ -134,23 +135,47 @@ def add_coarse_configuration(workspace: Workspace, plans: dict, base: str, name:
     if name in plans["configurations"]:
         return name
     import numpy as np
+
+    cfg = plans["configurations"][base]
+    median = np.array(cfg["median_image_size_in_voxels"], float)
+    factor = max(min_factor, float(np.prod(median) / target_voxels) ** (1 / len(median)))
+    coarse = _nnunet_plan(workspace, [s * factor for s in cfg["spacing"]],
+                          [max(1, round(n / factor)) for n in median], name)
+    coarse["batch_dice"] = False  # as nnU-Net plans its 3d_lowres
+    plans["configurations"][name] = coarse
+    return name
+
+
+def plan_for_crops(workspace: Workspace, plans: dict, configuration: str, crop_size: Sequence[int]) -> None:
+    """Give ``configuration`` (one that inherits a full-resolution configuration's data) the patch, network
+    topology and batch that nnU-Net's planner plans for images of ``crop_size`` voxels at the same spacing.
+    A model that only ever segments crops around a structure needs windows the size of those crops: whole-
+    image windows would make each crop cost several of them. In place; the network class is kept."""
+    config = plans["configurations"][configuration]
+    base = plans["configurations"][config["inherits_from"]]
+    planned = _nnunet_plan(workspace, base["spacing"], crop_size, configuration)
+    architecture = planned["architecture"]
+    architecture["network_class_name"] = config.get("architecture", base["architecture"])["network_class_name"]
+    config.update(patch_size=planned["patch_size"], batch_size=planned["batch_size"], architecture=architecture)
+    config.pop(WIDTH_KEY, None)  # the planner's widths: narrow them again
+
+
+def _nnunet_plan(workspace: Workspace, spacing: Sequence[float], median_size: Sequence[int], name: str) -> dict:
+    """nnU-Net's experiment planner's configuration for this dataset's images at ``spacing``, of median size
+    ``median_size`` voxels (nnU-Net's axis order): its patch, network and batch for them, JSON-ready."""
+    import numpy as np
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
     workspace.activate()
-    cfg = plans["configurations"][base]
-    median = np.array(cfg["median_image_size_in_voxels"], float)
-    factor = max(min_factor, float(np.prod(median) / target_voxels) ** (1 / len(median)))
+    median = np.array(median_size, float)
     with _quiet():
         planner = ExperimentPlanner(workspace.dataset_id, plans_name=PLANS_IDENTIFIER)
-        coarse = planner.get_plans_for_configuration(
-            np.array(cfg["spacing"]) * factor, np.maximum(1, np.round(median / factor)),
-            planner.generate_data_identifier(name),
-            float(np.prod(median / factor)) * planner.dataset_json["numTraining"], {})
-    coarse["batch_dice"] = False  # as nnU-Net plans its 3d_lowres
-    recursive_fix_for_json_export(coarse)  # numpy numbers -> JSON's
-    plans["configurations"][name] = coarse
-    return name
+        planned = planner.get_plans_for_configuration(
+            np.array(spacing, float), median, planner.generate_data_identifier(name),
+            float(np.prod(median)) * planner.dataset_json["numTraining"], {})
+    recursive_fix_for_json_export(planned)  # numpy numbers -> JSON's
+    return planned
 
 
 def add_lowres_configuration(workspace: Workspace, plans: dict) -> None:

@@ -69,6 +69,20 @@ def test_components_below_the_size_threshold_or_past_the_count_are_dropped():
     assert crop_boxes(np.zeros((8, 8, 8), bool), (4, 4, 4), (1, 1, 1), 3, 1) == []
 
 
+def test_the_segmentation_model_is_planned_for_crops_that_hold_every_training_structure():
+    from medseg_auto.predict.crops import crop_margin
+    from medseg_auto.trainers.cascade import crop_size
+
+    boxes = [(30, 60, 40), (45, 20, 40), (10, 10, 10)]
+    crop = crop_size(boxes, (96, 160, 160), (155, 240, 240))
+    assert crop == [60, 80, 80]  # the largest box per axis with its margins; at least half the image patch
+    assert crop_size(boxes, (96, 160, 160), (50, 240, 240)) == [50, 80, 80]  # at most the image
+    for box in boxes:  # each structure, grown by the inference margin, fits one window of that size
+        grown = expand_box(tuple((0, n) for n in box), crop_margin(crop), crop, (500,) * 3)
+        assert all(hi - lo <= n for (lo, hi), n in zip(grown, crop))
+    assert crop_size([], (96, 160, 160), (155, 240, 240)) is None  # no foreground: the whole-image plan stays
+
+
 def frame_for(whole, crop_box, preprocessed_shape) -> CoordinateFrame:
     properties = {"shape_before_cropping": whole, "bbox_used_for_cropping": crop_box,
                   "shape_after_cropping_and_before_resampling": [hi - lo for lo, hi in crop_box]}
@@ -194,6 +208,13 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     assert (bundle / "roi" / "fold_all" / "checkpoint_final.pth").is_file()
     roi_config = json.loads((bundle / "roi" / "plans.json").read_text())["configurations"]["3d_roi"]
     assert roi_config["medseg_auto_width"]["width"] == 0.5  # on a CPU the ROI model is narrowed as the main one
+    assert "planned by nnU-Net for crops" in done.stderr
+    configs = json.loads((bundle / "plans.json").read_text())["configurations"]
+    coord, whole = configs["3d_fullres_coord"], configs["3d_fullres"]
+    assert coord["inherits_from"] == "3d_fullres" and "patch_size" in coord  # its own patch, the same data
+    assert coord["architecture"]["network_class_name"].endswith("CoordConvUNet")
+    assert coord["medseg_auto_width"]["width"] == 0.5 and all(p <= w for p, w in zip(coord["patch_size"],
+                                                                                     whole["patch_size"]))
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["stages"][0]["share"] == 0.3 and card["folds"]["all"]["stages"]["roi"]["iterations"] > 0
     roi_card, seg_card = card["folds"]["all"]["stages"]["roi"], card["folds"]["all"]

@@ -15,13 +15,12 @@ import numpy as np
 
 from medseg_auto.networks.coordconv import CoordinateFrame, with_coordinates
 from medseg_auto.predict.bundle import Bundle
-from medseg_auto.predict.crops import box_slices, crop_boxes, paste_back
+from medseg_auto.predict.crops import box_slices, crop_boxes, crop_margin, paste_back
 from medseg_auto.predict.engine import Prediction, ScanImage, Settings, SlidingWindow
 
 ROI_SHARE_OF_WORK = 0.2   # of a case's progress bar
 MAX_COMPONENTS = 3        # crops: the largest components of the ROI ...
 MIN_COMPONENT_SHARE = 0.05  # ... each at least this share of a patch (smaller ones are noise)
-MARGIN_SHARE = 0.25       # crop margin around a component, as a share of the patch, per side
 
 
 class Cascade:
@@ -42,7 +41,7 @@ class Cascade:
         if progress:
             progress(ROI_SHARE_OF_WORK)
         patch = p.configuration_manager.patch_size
-        boxes = crop_boxes(roi, patch, [int(round(n * MARGIN_SHARE)) for n in patch], MAX_COMPONENTS,
+        boxes = crop_boxes(roi, patch, crop_margin(patch), MAX_COMPONENTS,
                            max(1, int(np.prod(patch) * MIN_COMPONENT_SHARE)))
         if not boxes:
             self.fallbacks += 1

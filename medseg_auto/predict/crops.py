@@ -13,6 +13,14 @@ from scipy import ndimage
 
 Box = tuple[tuple[int, int], ...]
 
+MARGIN_SHARE = 0.125  # a crop's margin around its component, per side, as a share of the segmentation patch
+
+
+def crop_margin(patch_size: Sequence[int]) -> list[int]:
+    """The margin of a crop around its component, per side and axis, for a segmentation patch (rounded down,
+    so a component that fits a patch less the margins still fits one window)."""
+    return [int(n * MARGIN_SHARE) for n in patch_size]
+
 
 def component_boxes(mask: np.ndarray, max_components: int, min_voxels: int) -> list[Box]:
     """Bounding boxes of the ``max_components`` largest connected components of ``mask`` (26-connectivity in

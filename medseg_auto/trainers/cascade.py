@@ -3,16 +3,18 @@
 - ``nnUNetTrainerCascadeROI`` learns one region, the union of all foreground labels, on a coarse
   configuration (``plan.add_coarse_configuration``), at the run's network width: finding *where* to look
   needs no fine detail.
-- ``nnUNetTrainerCascadeCoord`` learns the labels on the full-resolution configuration from the image
-  channels plus three coordinate channels (``medseg_auto.networks.coordconv``), mostly on patches around
-  the foreground, shifted by up to a quarter patch, which is what it sees at inference (windows over crops
-  around the ROI's components, with a quarter-patch margin).
+- ``nnUNetTrainerCascadeCoord`` learns the labels at full resolution from the image channels plus three
+  coordinate channels (``medseg_auto.networks.coordconv``), mostly on patches around the foreground, shifted
+  by up to a quarter patch, which is what it sees at inference (windows over crops around the ROI's
+  components). nnU-Net's planner plans its patch and network for those crops (the largest foreground box of
+  the training cases with the crop margins), not for whole images: each crop then fits about one window.
 
 Both are the time-budget trainer with one or two methods changed, like nnU-Net's own variants.
 """
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +30,7 @@ from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
 from medseg_auto.errors import InputError
 from medseg_auto.networks import coordconv
 from medseg_auto.networks.coordconv import COORDINATE_CHANNELS, CoordinateFrame
+from medseg_auto.predict.crops import MARGIN_SHARE
 from medseg_auto.trainers.stages import Stage
 from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
 
@@ -73,6 +76,34 @@ def add_coord_configuration(plans: dict, configuration: str) -> str:
     name = configuration + COORD_SUFFIX
     plans["configurations"][name] = {"inherits_from": configuration, "architecture": architecture}
     return name
+
+
+def foreground_box_sizes(folder) -> list[tuple[int, ...]]:
+    """Each case's foreground bounding box size (all labels together, nnU-Net's axis order) in the nnU-Net
+    preprocessed data ``folder``; cases without foreground are left out."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    dataset = infer_dataset_class(str(folder))(str(folder))
+    sizes = []
+    for case in dataset.identifiers:
+        _, seg, _, _ = dataset.load_case(case)
+        where = np.argwhere(np.asarray(seg[0]) > 0)
+        if len(where):
+            sizes.append(tuple(int(n) for n in where.max(0) - where.min(0) + 1))
+    return sizes
+
+
+def crop_size(box_sizes: Sequence[Sequence[int]], patch_size: Sequence[int],
+              image_size: Sequence[int]) -> list[int] | None:
+    """The crop the segmentation model is planned for: per axis, the largest foreground box with the
+    inference margin on both sides (so every training case's structure fits one window), at least half of
+    the whole-image ``patch_size`` (a small structure still gets context and a U-Net of some depth) and at
+    most the (median) ``image_size``. None without foreground."""
+    if not box_sizes:
+        return None
+    largest = np.max(np.asarray(box_sizes), axis=0)
+    return [min(max(int(np.ceil(n / (1 - 2 * MARGIN_SHARE))), p // 2), int(i))
+            for n, p, i in zip(largest, patch_size, image_size)]
 
 
 class _CoordinateView:
@@ -178,19 +209,33 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
 
     @classmethod
     def earlier_stages(cls, workspace, plan, processes: int) -> list[Stage]:
-        from medseg_auto.plan import (add_coarse_configuration, narrow_network, network_width,
-                                      preprocess_configuration, write_plans)
+        """The ROI stage; first, with the preprocessed data at hand, this model's patch planned for crops."""
+        from medseg_auto.plan import (add_coarse_configuration, narrow_network, network_width, plan_for_crops,
+                                      preprocess_configuration, write_plans, xyz)
 
-        base = plan.plans["configurations"][plan.configuration]["inherits_from"]
+        configs = plan.plans["configurations"]
+        base = configs[plan.configuration]["inherits_from"]
+        width = network_width(plan.plans, plan.configuration)
+        crop = crop_size(foreground_box_sizes(workspace.preprocessed / workspace.nnunet_name
+                                              / configs[base]["data_identifier"]),
+                         configs[base]["patch_size"], configs[base]["median_image_size_in_voxels"])
+        if crop is not None:
+            plan_for_crops(workspace, plan.plans, plan.configuration, crop)
+            narrow_network(plan.plans, plan.configuration, width)
+            print(f"[plan] cascade: segmentation patch {xyz(plan.patch_size)} planned by nnU-Net for crops of "
+                  f"{xyz(crop)} voxels (the largest foreground box with margins; whole-image patch "
+                  f"{xyz(configs[base]['patch_size'])})", file=sys.stderr)
         roi = add_coarse_configuration(workspace, plan.plans, base, ROI_CONFIGURATION, ROI_TARGET_VOXELS)
-        if narrow_network(plan.plans, roi, network_width(plan.plans, plan.configuration)):  # as the main model
-            write_plans(workspace, plan.plans)
+        narrow_network(plan.plans, roi, width)  # as the main model
+        write_plans(workspace, plan.plans)
         plan.seconds["preprocessing_roi"] = preprocess_configuration(workspace, plan.plans, roi, processes)
         return [Stage("roi", nnUNetTrainerCascadeROI, roi, ROI_SHARE)]
 
     def initialize(self):
         super().initialize()
-        jitter = [p // 4 for p in self.configuration_manager.patch_size]  # the crops' margin at inference
+        # at inference a structure sits off a window's centre by up to about this much (crops a bit larger
+        # than a window are covered by several)
+        jitter = [p // 4 for p in self.configuration_manager.patch_size]
         self.dataset_class = coordinate_dataset(self.dataset_class, jitter)
 
     def get_training_transforms(self, *args, **kwargs):
