@@ -30,7 +30,7 @@ def corner_blobs() -> np.ndarray:
 
 def test_pasting_the_ground_truths_crops_reproduces_it_at_borders_corners_and_overlaps():
     labels = corner_blobs()
-    boxes = crop_boxes(labels > 0, PATCH, margin=(2, 2, 2), max_components=20, min_voxels=1)
+    boxes = crop_boxes(labels > 0, PATCH, margin=(2, 2, 2), max_components=20, min_share=0)
     assert all(0 <= lo < hi <= n for box in boxes for (lo, hi), n in zip(box, SHAPE))
     assert all(hi - lo >= p for box in boxes for (lo, hi), p in zip(box, PATCH))
     assert any(lo == 0 for box in boxes for lo, _ in box) and any(hi == n for box in boxes for (_, hi), n in zip(box, SHAPE))
@@ -63,10 +63,17 @@ def test_components_below_the_size_threshold_or_past_the_count_are_dropped():
     mask[2:8, 2:8, 2:8] = True        # 216 voxels
     mask[20:24, 20:24, 20:24] = True  # 64
     mask[15, 2, 2] = True             # 1: noise
-    assert len(crop_boxes(mask, (4, 4, 4), (0, 0, 0), max_components=5, min_voxels=10)) == 2
-    boxes = crop_boxes(mask, (4, 4, 4), (0, 0, 0), max_components=1, min_voxels=1)
+    assert len(crop_boxes(mask, (4, 4, 4), (0, 0, 0), max_components=5, min_share=0.1)) == 2
+    boxes = crop_boxes(mask, (4, 4, 4), (0, 0, 0), max_components=1, min_share=0)
     assert boxes == [((2, 8), (2, 8), (2, 8))]
-    assert crop_boxes(np.zeros((8, 8, 8), bool), (4, 4, 4), (1, 1, 1), 3, 1) == []
+    assert crop_boxes(np.zeros((8, 8, 8), bool), (4, 4, 4), (1, 1, 1), 3, 0.1) == []
+
+
+def test_the_largest_component_is_kept_however_small_against_the_patch():
+    """A structure of 27 voxels under a 16^3 patch (0.7% of it) is still the structure to segment."""
+    mask = np.zeros((30, 30, 30), bool)
+    mask[10:13, 10:13, 10:13] = True
+    assert crop_boxes(mask, (16, 16, 16), (2, 2, 2), max_components=3, min_share=0.1) == [((4, 20),) * 3]
 
 
 def test_the_segmentation_model_is_planned_for_crops_that_hold_every_training_structure():

@@ -20,7 +20,7 @@ from medseg_auto.predict.engine import Prediction, ScanImage, Settings, SlidingW
 
 ROI_SHARE_OF_WORK = 0.2   # of a case's progress bar
 MAX_COMPONENTS = 3        # crops: the largest components of the ROI ...
-MIN_COMPONENT_SHARE = 0.05  # ... each at least this share of a patch (smaller ones are noise)
+MIN_COMPONENT_SHARE = 0.1  # ... after the largest, each at least this share of its size
 
 
 class Cascade:
@@ -41,8 +41,7 @@ class Cascade:
         if progress:
             progress(ROI_SHARE_OF_WORK)
         patch = p.configuration_manager.patch_size
-        boxes = crop_boxes(roi, patch, crop_margin(patch), MAX_COMPONENTS,
-                           max(1, int(np.prod(patch) * MIN_COMPONENT_SHARE)))
+        boxes = crop_boxes(roi, patch, crop_margin(patch), MAX_COMPONENTS, MIN_COMPONENT_SHARE)
         if not boxes:
             self.fallbacks += 1
             print("  the ROI model found nothing in this scan: segmenting the whole volume", file=sys.stderr)

@@ -22,14 +22,16 @@ def crop_margin(patch_size: Sequence[int]) -> list[int]:
     return [int(n * MARGIN_SHARE) for n in patch_size]
 
 
-def component_boxes(mask: np.ndarray, max_components: int, min_voxels: int) -> list[Box]:
+def component_boxes(mask: np.ndarray, max_components: int, min_share: float) -> list[Box]:
     """Bounding boxes of the ``max_components`` largest connected components of ``mask`` (26-connectivity in
-    3D) that have at least ``min_voxels`` voxels, largest first."""
+    3D), largest first; after the largest, only those of at least ``min_share`` of its size (smaller ones are
+    the ROI model's noise, not a second structure)."""
     labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
     if n == 0:
         return []
     sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
-    keep = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_voxels][:max_components]
+    order = np.argsort(-sizes, kind="stable")
+    keep = [int(i) for i in order if sizes[i] >= min_share * sizes[order[0]]][:max_components]
     slices = ndimage.find_objects(labelled)
     return [tuple((s.start, s.stop) for s in slices[i]) for i in keep]
 
@@ -74,11 +76,11 @@ def merge_overlapping(boxes: Sequence[Box]) -> list[Box]:
 
 
 def crop_boxes(mask: np.ndarray, patch_size: Sequence[int], margin: Sequence[int], max_components: int,
-               min_voxels: int) -> list[Box]:
+               min_share: float) -> list[Box]:
     """The crops to segment for an ROI mask: a box per kept component, grown by ``margin`` and to at least
     one patch, clamped at the borders, merged where they overlap. Empty when the ROI found nothing."""
     boxes = [expand_box(b, margin, patch_size, mask.shape)
-             for b in component_boxes(mask, max_components, min_voxels)]
+             for b in component_boxes(mask, max_components, min_share)]
     return merge_overlapping(boxes)
 
 
