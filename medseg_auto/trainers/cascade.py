@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import time
 from typing import Sequence
 
 import numpy as np
@@ -216,6 +217,7 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
         configs = plan.plans["configurations"]
         base = configs[plan.configuration]["inherits_from"]
         width = network_width(plan.plans, plan.configuration)
+        start = time.monotonic()
         crop = crop_size(foreground_box_sizes(workspace.preprocessed / workspace.nnunet_name
                                               / configs[base]["data_identifier"]),
                          configs[base]["patch_size"], configs[base]["median_image_size_in_voxels"])
@@ -225,6 +227,7 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
             print(f"[plan] cascade: segmentation patch {xyz(plan.patch_size)} planned by nnU-Net for crops of "
                   f"{xyz(crop)} voxels (the largest foreground box with margins; whole-image patch "
                   f"{xyz(configs[base]['patch_size'])})", file=sys.stderr)
+        plan.seconds["planning_crops"] = time.monotonic() - start
         roi = add_coarse_configuration(workspace, plan.plans, base, ROI_CONFIGURATION, ROI_TARGET_VOXELS)
         narrow_network(plan.plans, roi, width)  # as the main model
         write_plans(workspace, plan.plans)
