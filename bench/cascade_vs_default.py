@@ -91,13 +91,15 @@ def measure(work: Path, trainer: str, device: str, tta: bool) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, required=True, help="the whole-run budget of each training (-t)")
+    p.add_argument("--minutes", type=float, help="the whole-run budget of each training (-t); required")
     p.add_argument("--heldout", type=int, default=2, help="the last cases, never trained on")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--tta", action="store_true", help="predict with mirroring and step 0.5 (default: --fast)")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--measure", choices=TRAINERS, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.minutes is None and not args.measure:
+        p.error("the following arguments are required: --minutes")
     work = args.work or Path(f"/tmp/cascade_vs_default_{args.minutes:g}")
     if args.measure:
         print(json.dumps(measure(work, args.measure, args.device, args.tta)))
