@@ -2,7 +2,8 @@
 
 Conventions (those of nnU-Net's own evaluation and MONAI): Dice is undefined (NaN, left out of means)
 when the label is absent from both; HD95 is the larger of the two directed 95th-percentile surface
-distances in mm, undefined when either side is empty.
+distances in mm, undefined when either side is empty. Masks and voxel counts are nnU-Net's evaluation's;
+HD95 is ours (nnU-Net has none).
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import numpy as np
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """2|P∩R| / (|P| + |R|) of two boolean masks; NaN when both are empty."""
-    total = int(prediction.sum()) + int(reference.sum())
-    if total == 0:
+    """2TP / (2TP + FP + FN) of two boolean masks, as nnU-Net's evaluation counts them; NaN when both are
+    empty."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn  # imports torch: only when scoring
+
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(np.asarray(reference, bool), np.asarray(prediction, bool))
+    if tp + fp + fn == 0:
         return math.nan
-    return 2.0 * int(np.logical_and(prediction, reference).sum()) / total
+    return 2.0 * int(tp) / int(2 * tp + fp + fn)
 
 
 def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> float:
@@ -48,9 +52,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def evaluate(prediction: np.ndarray, reference: np.ndarray, classes: Iterable[tuple[str, Sequence[int]]],
              spacing: Sequence[float]) -> dict[str, dict[str, float]]:
     """Dice and HD95 per class; a class is a label or region given by its values in both label maps."""
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
     out = {}
     for name, values in classes:
-        p, r = np.isin(prediction, values), np.isin(reference, values)
+        p, r = (region_or_label_to_mask(seg, tuple(values)) for seg in (prediction, reference))
         out[name] = {"dice": dice(p, r), "hd95": hd95(p, r, spacing)}
     return out
 

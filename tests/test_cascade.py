@@ -5,6 +5,7 @@ import itertools
 import json
 
 import numpy as np
+import pytest
 
 from medseg_auto.networks.coordconv import CoordinateFrame, with_coordinates
 from medseg_auto.predict.crops import box_slices, crop_boxes, expand_box, merge_overlapping, paste_back
@@ -74,6 +75,32 @@ def test_the_largest_component_is_kept_however_small_against_the_patch():
     mask = np.zeros((30, 30, 30), bool)
     mask[10:13, 10:13, 10:13] = True
     assert crop_boxes(mask, (16, 16, 16), (2, 2, 2), max_components=3, min_share=0.1) == [((4, 20),) * 3]
+
+
+def test_components_connect_through_corners_and_come_largest_first():
+    """26-connectivity: voxels sharing only a corner are one structure; equal sizes keep the scan order."""
+    from medseg_auto.predict.crops import component_boxes
+
+    mask = np.zeros((12, 12, 12), np.uint8)  # an integer mask works as well as a boolean one
+    mask[1, 1, 1] = mask[2, 2, 2] = 1        # 2 voxels, touching at a corner
+    mask[6, 11, 11] = 1                      # 1 voxel
+    mask[5, 0, 0] = 1                        # 1 voxel, earlier in the scan
+    mask[8:10, 8:10, 8:10] = 1               # 8 voxels
+    assert component_boxes(mask, 10, 0) == [((8, 10),) * 3, ((1, 3),) * 3, ((5, 6), (0, 1), (0, 1)),
+                                            ((6, 7), (11, 12), (11, 12))]
+    assert component_boxes(mask, 2, 0.25) == [((8, 10),) * 3, ((1, 3),) * 3]
+
+
+def test_a_box_at_the_border_keeps_its_margin_and_a_crop_must_fit_its_box():
+    # shifted in, not clipped (acvl_utils' pad_bbox would give (0, 5): the margin lost at the border)
+    assert expand_box(((0, 2),), (3,), (4,), (20,)) == ((0, 8),)
+    assert expand_box(((17, 20),), (2,), (4,), (20,)) == ((13, 20),)
+    with pytest.raises(ValueError, match="does not fit box"):
+        paste_back([np.zeros((2, 4, 4, 4), np.float32)], [((0, 4), (0, 4), (0, 5))], (8, 8, 8),
+                   background=np.array([1.0, 0.0]))
+    regions = paste_back([np.full((2, 4, 4, 4), 0.7, np.float32)], [((0, 4),) * 3], (8, 8, 8),
+                         background=np.zeros(2))  # sigmoid regions: nothing outside the crops
+    assert regions[:, :4, :4, :4].min() == pytest.approx(0.7) and regions[:, 4:].max() == 0.0
 
 
 def test_the_segmentation_model_is_planned_for_crops_that_hold_every_training_structure():

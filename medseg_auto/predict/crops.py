@@ -1,14 +1,17 @@
 """The cascade's inference geometry: crop boxes around the ROI's components, and pasting crops back.
 
 Boxes are half-open ``(start, stop)`` pairs per spatial axis, in the array's own voxel grid (nnU-Net's and
-acvl_utils' convention). Pasting averages the class probabilities where crops overlap and gives every voxel
-outside all crops the background's probability 1, so a crop can never flip a label it does not cover.
+acvl_utils' convention); components and slices are acvl_utils' and scipy's. Pasting averages the class
+probabilities where crops overlap and gives every voxel outside all crops the background's probability 1,
+so a crop can never flip a label it does not cover.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice as box_slices
+from acvl_utils.morphology.morphology_helper import label_with_component_sizes
 from scipy import ndimage
 
 Box = tuple[tuple[int, int], ...]
@@ -26,19 +29,20 @@ def component_boxes(mask: np.ndarray, max_components: int, min_share: float) -> 
     """Bounding boxes of the ``max_components`` largest connected components of ``mask`` (26-connectivity in
     3D), largest first; after the largest, only those of at least ``min_share`` of its size (smaller ones are
     the ROI model's noise, not a second structure)."""
-    labelled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
-    if n == 0:
+    labelled, sizes = label_with_component_sizes(mask.astype(bool, copy=False))  # full connectivity
+    if not sizes:
         return []
-    sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
-    order = np.argsort(-sizes, kind="stable")
-    keep = [int(i) for i in order if sizes[i] >= min_share * sizes[order[0]]][:max_components]
+    ranked = sorted(sizes, key=lambda i: -sizes[i])  # stable: equal sizes keep the labels' raster order
+    keep = [i for i in ranked if sizes[i] >= min_share * sizes[ranked[0]]][:max_components]
     slices = ndimage.find_objects(labelled)
-    return [tuple((s.start, s.stop) for s in slices[i]) for i in keep]
+    return [tuple((s.start, s.stop) for s in slices[i - 1]) for i in keep]
 
 
 def expand_box(box: Box, margin: Sequence[int], min_size: Sequence[int], shape: Sequence[int]) -> Box:
     """``box`` grown by ``margin`` on each side and to at least ``min_size`` (centred), then moved inside the
-    volume: a box that would cross a border is shifted back in, and cut only where the volume is smaller."""
+    volume: a box that would cross a border is shifted back in, and cut only where the volume is smaller.
+
+    Ours, not acvl_utils' ``pad_bbox``: that one clips at the border, so a crop there would lose its margin."""
     out = []
     for (lo, hi), m, size, n in zip(box, margin, min_size, shape):
         lo, hi = lo - m, hi + m
@@ -58,7 +62,8 @@ def boxes_overlap(a: Box, b: Box) -> bool:
 
 
 def merge_overlapping(boxes: Sequence[Box]) -> list[Box]:
-    """Overlapping boxes replaced by their common bounding box, until no two overlap."""
+    """Overlapping boxes replaced by their common bounding box, until no two overlap (acvl_utils has no
+    such merge)."""
     merged = list(boxes)
     changed = True
     while changed:
@@ -84,15 +89,11 @@ def crop_boxes(mask: np.ndarray, patch_size: Sequence[int], margin: Sequence[int
     return merge_overlapping(boxes)
 
 
-def box_slices(box: Box) -> tuple[slice, ...]:
-    return tuple(slice(lo, hi) for lo, hi in box)
-
-
 def paste_back(crops: Sequence[np.ndarray], boxes: Sequence[Box], shape: Sequence[int],
                background: np.ndarray) -> np.ndarray:
     """Probabilities of the whole volume from per-crop probabilities ``(classes, *box size)``: averaged where
     crops overlap, ``background`` (one value per class: 1 for the background class, 0 for the others) where
-    no crop reaches."""
+    no crop reaches. Ours, not acvl_utils' ``insert_crop_into_image``: that one overwrites where crops overlap."""
     classes = len(background)
     total = np.zeros((classes, *shape), np.float32)
     count = np.zeros(tuple(shape), np.float32)
