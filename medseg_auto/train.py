@@ -63,7 +63,7 @@ def training_settings(device_type: str, settings: dict) -> dict:
 
     from medseg_auto.trainers.time_budget import FoldBudget
 
-    budget = FoldBudget(**settings)
+    budget = FoldBudget(seconds=0.0, **settings)  # only the settings are read
     out = {"device": device_type, "torch_threads": torch.get_num_threads(),
            "augmentation_workers": get_allowed_n_proc_DA(), "augmentation": budget.augmentation,
            "lr_shape": budget.lr_shape, "learning_rate": budget.learning_rate or 0.01}

@@ -1,6 +1,8 @@
 """The clock, the learning-rate shapes and the budget split: fast unit tests, no training."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -66,7 +68,7 @@ def test_light_augmentation_drops_only_the_degradations_of_nnunets_pipeline():
     args = ((40, 56, 40), (-0.5, 0.5), [[1, 1, 1], [0.5, 0.5, 0.5]], (0, 1, 2), False)
 
     def build(augmentation: str) -> list:
-        trainer = SimpleNamespace(budget=FoldBudget(augmentation=augmentation))
+        trainer = SimpleNamespace(budget=FoldBudget(seconds=600.0, augmentation=augmentation))
         return nnUNetTrainerTimeBudget.get_training_transforms(trainer, *args, use_mask_for_norm=[False],
                                                                foreground_labels=[1, 2]).transforms
 
@@ -93,7 +95,7 @@ def test_strong_augmentation_is_nnunets_DA5_pipeline_and_patch_size():
     from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
 
     def trainer(augmentation: str) -> SimpleNamespace:
-        return SimpleNamespace(budget=FoldBudget(augmentation=augmentation), local_rank=0,
+        return SimpleNamespace(budget=FoldBudget(seconds=600.0, augmentation=augmentation), local_rank=0,
                                configuration_manager=SimpleNamespace(patch_size=[40, 56, 40]),
                                print_to_log_file=lambda *a, **k: None)
 
@@ -134,7 +136,7 @@ def test_the_initial_learning_rate_is_the_users_and_the_shape_scales_it(project,
 
     def optimizer_and_schedule(**settings):
         trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
-        trainer.budget, trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = FoldBudget(**settings), 1e-2, 3e-5, 9
+        trainer.budget, trainer.initial_lr, trainer.weight_decay, trainer.num_epochs = FoldBudget(seconds=600.0, **settings), 1e-2, 3e-5, 9
         trainer.network = torch.nn.Linear(2, 2)
         trainer.training_fraction = lambda: 0.85  # halfway through the default decay
         return trainer.configure_optimizers()
@@ -155,7 +157,7 @@ def test_batch_is_nnunets_capped_on_a_cpu_unless_the_user_sets_it():
 
     def batch(device: str, **settings) -> int:
         trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
-        trainer.is_ddp, trainer.device, trainer.budget = False, torch.device(device), FoldBudget(**settings)
+        trainer.is_ddp, trainer.device, trainer.budget = False, torch.device(device), FoldBudget(seconds=600.0, **settings)
         trainer.configuration_manager = SimpleNamespace(batch_size=6, patch_size=[40, 56, 40])
         trainer.print_to_log_file = lambda *a, **k: None
         trainer._set_batch_size_and_oversample()
@@ -179,6 +181,7 @@ def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
 
         def forward(self, x):
             self.seen.append((tuple(x.shape), self.training, torch.is_grad_enabled()))
+            time.sleep(1.0 if len(self.seen) == 1 else 0.05)  # a slow first call, as a warm-up is
             return x
 
     net = Net().train()
@@ -188,9 +191,65 @@ def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
     assert not net.seen
     trainer._input_channels = 5  # image channels plus any the trainer adds (the cascade's coordinates)
     first = nnUNetTrainerTimeBudget.window_seconds(trainer)
-    assert first >= 0.0 and trainer._speed.window == first
+    assert 0.05 <= first < 1.0 and trainer._speed.window == first  # the second call's time, not the warm-up's
     assert net.seen == [((1, 5, 4, 6, 8), False, False)] * 2 and net.training  # warm-up + timed; mode restored
     assert nnUNetTrainerTimeBudget.window_seconds(trainer) == first and len(net.seen) == 2  # measured once
+
+
+@pytest.mark.parametrize("shape, patch", [
+    ((36, 50, 35), (56, 40)),          # a hippocampus volume trained in 2D: the patch slides over every slice
+    ((1, 300, 700), (256, 256)),       # a 2D image: one slice, 2 x 5 windows
+    ((1, 512, 512), (512, 512)),
+    ((36, 50, 35), (40, 56, 40)),      # 3D: smaller than the patch, padded to one window
+    ((155, 240, 240), (128, 128, 128)),
+])
+def test_validation_windows_are_those_nnunets_predictor_runs(shape, patch):
+    """The count behind the validation reserve equals the slicers nnU-Net's predictor builds for the case."""
+    from types import SimpleNamespace
+
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from medseg_auto.trainers.time_budget import sliding_windows
+
+    padded = pad_nd_image(torch.zeros((1, *shape)), patch, "constant", {"value": 0})  # as nnU-Net pads
+    predictor = SimpleNamespace(configuration_manager=SimpleNamespace(patch_size=list(patch)), tile_step_size=0.5,
+                                verbose=False)
+    slicers = nnUNetPredictor._internal_get_sliding_window_slicers(predictor, padded.shape[1:])
+    assert sliding_windows(shape, patch) == len(slicers)
+
+
+@pytest.mark.parametrize("shapes, patch, windows", [
+    ([(1, 300, 700), (1, 512, 512)], (256, 256), 10 + 9),       # 2D images
+    ([(36, 50, 35), (30, 48, 36)], (56, 40), 36 + 30),           # 3D data trained in 2D: every slice
+    ([(36, 50, 35), (30, 48, 36)], (40, 56, 40), 2),             # the same trained in 3D
+])
+def test_validation_reserve_counts_every_window_of_2d_and_3d_validation(shapes, patch, windows):
+    """The final validation's estimate: 15 s + windows x seconds per window x mirrorings + export per case."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from medseg_auto.trainers.time_budget import nnUNetTrainerTimeBudget
+
+    class Cases:
+        def __init__(self, folder, keys):
+            self.keys = keys
+
+        def load_case(self, key):
+            return np.zeros((1, *shapes[int(key)]), np.float32), None, None, {}
+
+    keys = [str(i) for i in range(len(shapes))]
+    trainer = SimpleNamespace(_val_windows=None, do_split=lambda: ([], keys), dataset_class=Cases,
+                              preprocessed_dataset_folder="", configuration_manager=SimpleNamespace(patch_size=patch),
+                              inference_allowed_mirroring_axes=tuple(range(len(patch))), window_seconds=lambda: 0.5)
+    voxels = sum(int(np.prod([max(s, p) for s, p in zip(shape[len(shape) - len(patch):], patch)]))
+                 * int(np.prod(shape[:len(shape) - len(patch)])) for shape in shapes)
+    export = 1.5 * len(shapes) + 1e-6 * voxels
+    fast = nnUNetTrainerTimeBudget.estimate_validation_seconds(trainer, False)
+    assert fast == pytest.approx(15.0 + windows * 0.5 + export)
+    mirrored = nnUNetTrainerTimeBudget.estimate_validation_seconds(trainer, True)
+    assert mirrored == pytest.approx(15.0 + windows * 0.5 * 2 ** len(patch) + export)
 
 
 def test_split_is_equal_when_fresh_and_by_remaining_need_when_resumed():
@@ -289,7 +348,7 @@ def test_a_resumed_fold_keeps_the_precision_auto_chose(tmp_path, monkeypatch):
     from medseg_auto.trainers.time_budget import CLOCK_FILE, FoldBudget, nnUNetTrainerTimeBudget
 
     trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
-    trainer.budget, trainer.device, trainer.output_folder = FoldBudget(), torch.device("cpu"), str(tmp_path)
+    trainer.budget, trainer.device, trainer.output_folder = FoldBudget(seconds=600.0), torch.device("cpu"), str(tmp_path)
     trainer.network = torch.nn.Conv3d(1, 2, 3)
     trainer.print_to_log_file = lambda *a, **k: None
     probes: list[tuple] = []
@@ -307,3 +366,18 @@ def test_a_resumed_fold_keeps_the_precision_auto_chose(tmp_path, monkeypatch):
     trainer.budget.precision = "fp32"  # the user's choice wins over the clock's
     trainer._set_precision((2, 1, 8, 8, 8))
     assert trainer.precision == "fp32" and len(probes) == 1
+
+
+def test_a_trainer_without_a_budget_says_so_instead_of_training_for_ever():
+    """A budget with no time cannot be built, and a trainer whose runner set none stops at the first use with
+    the way to set it (an unlimited default failed in epoch 2 on int(inf))."""
+    from medseg_auto.trainers.time_budget import FoldBudget, nnUNetTrainerTimeBudget
+
+    with pytest.raises(TypeError, match="seconds"):
+        FoldBudget()
+    trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
+    trainer._reserve, trainer._speed = None, _Speed()  # as __init__ leaves them
+    with pytest.raises(RuntimeError, match=r"trainer.budget = FoldBudget\(seconds=...\)"):
+        trainer.training_seconds()
+    trainer.budget = FoldBudget(seconds=600.0)
+    assert trainer.training_seconds() == pytest.approx(0.85 * 600.0)  # before any speed: 15% kept for validation

@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,9 +47,10 @@ class _TimeUp(Exception):
 
 @dataclass
 class FoldBudget:
-    """The fold's share of the run's budget and how to spend it (set by the runner before training)."""
+    """The fold's share of the run's budget and how to spend it (set by the runner before training).
+    ``seconds`` has no default: a trainer without a time limit would train for ever at a constant rate."""
 
-    seconds: float = math.inf          # training + final validation of this fold
+    seconds: float                     # training + final validation of this fold
     spent: float = 0.0                 # used by earlier sessions of this fold (resume)
     lr_shape: str = "constant_decay"
     decay_fraction: float = 0.3
@@ -91,6 +92,25 @@ def epoch_iterations(left: float, training_seconds: float, speed: _Speed, max_ep
     return max(0, min(max(int(target / per_iter), least), fits, 250))
 
 
+def padded_shape(shape: Sequence[int], patch: Sequence[int]) -> list[int]:
+    """A preprocessed case's spatial ``shape`` as nnU-Net's predictor pads it: each axis the patch covers
+    grows to at least the patch; a 2D patch leaves a volume's first (slice) axis as it is."""
+    lead = len(shape) - len(patch)
+    return list(shape[:lead]) + [max(s, p) for s, p in zip(shape[lead:], patch)]
+
+
+def sliding_windows(shape: Sequence[int], patch: Sequence[int], step: float = 0.5) -> int:
+    """Windows nnU-Net's sliding-window prediction runs over a case of spatial ``shape``: a 3D patch tiles the
+    volume; a 2D patch tiles every slice of it (``(z, x, y)`` for a volume trained in 2D, ``(1, x, y)`` for a
+    2D image)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    padded = padded_shape(shape, patch)
+    lead = len(padded) - len(patch)
+    steps = compute_steps_for_sliding_window(padded[lead:], patch, step)
+    return int(np.prod(padded[:lead], dtype=np.int64)) * int(np.prod([len(s) for s in steps]))
+
+
 class nnUNetTrainerTimeBudget(nnUNetTrainer):
     inference_trainer_name = "nnUNetTrainer"  # same network and inference: bundles load in plain nnU-Net
     case_predictor = "sliding_window"  # how exe_predict.py runs its bundles (medseg_auto.predict.engine)
@@ -101,7 +121,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         self.num_epochs = 10 ** 9  # the clock ends training, not the epoch count
         self.num_iterations_per_epoch = 5  # a short first epoch measures the speed; later ones are sized
         self.num_val_iterations_per_epoch = 1
-        self.budget = FoldBudget()
+        self._budget: FoldBudget | None = None  # set by the runner (medseg_auto.train.train_fold)
         self.stop_requested = threading.Event()  # set by the runner's signal handler
         self.on_epoch_done: Callable[["nnUNetTrainerTimeBudget"], None] | None = None
         self.validation_mode = "mirrored"  # decided from measured speed: mirrored, fast, skipped
@@ -131,6 +151,18 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         """Models to train before this one on each fold (``Stage``s; the cascade's ROI model), planned and
         preprocessed here; none for a single-stage trainer."""
         return []
+
+    @property
+    def budget(self) -> FoldBudget:
+        budget = getattr(self, "_budget", None)
+        if budget is None:
+            raise RuntimeError(f"{type(self).__name__} trains for a time budget: set trainer.budget = "
+                               "FoldBudget(seconds=...) before initialize() (medseg_auto.train.train_fold does).")
+        return budget
+
+    @budget.setter
+    def budget(self, value: FoldBudget) -> None:
+        self._budget = value
 
     # -- the clock ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -312,7 +344,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
     def validation_reserve(self) -> float:
         """Seconds kept for the final validation: estimated from measured speed, a share before that."""
         if self._speed.val_iter is None:
-            return 0.15 * self.budget.seconds if math.isfinite(self.budget.seconds) else 0.0
+            return 0.15 * self.budget.seconds
         if not self._mode_fixed:
             self.validation_mode = self._choose_validation()
             self._mode_fixed = self.current_epoch >= 3  # the first epochs' speed includes warm-up
@@ -335,17 +367,15 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         the rest (about 1.5 s, and 1 s per million voxels: nnU-Net's export workers share the cores) and the
         start and end of nnU-Net's validation (15 s). Hippocampus on 2 cores, 32 one-window cases mirrored:
         83 s and 101 s in two runs; this gives 96 s, and the reserve is 1.25x it."""
-        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
         if self._val_windows is None:
             _, val_keys = self.do_split()
             dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
             patch = self.configuration_manager.patch_size
             windows, voxels = 0, 0
             for key in val_keys:
-                shape = [max(s, p) for s, p in zip(dataset.load_case(key)[0].shape[1:], patch)]
-                windows += int(np.prod([len(s) for s in compute_steps_for_sliding_window(shape, patch, 0.5)]))
-                voxels += int(np.prod(shape))
+                shape = dataset.load_case(key)[0].shape[1:]
+                windows += sliding_windows(shape, patch)
+                voxels += int(np.prod(padded_shape(shape, patch)))
             self._val_windows, self._val_cases, self._val_voxels = windows, len(val_keys), voxels
         axes = self.inference_allowed_mirroring_axes or ()
         factor = 2 ** len(axes) if mirrored else 1
