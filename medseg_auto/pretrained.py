@@ -70,10 +70,19 @@ def transfer_plans(workspace: Workspace, bundle: PretrainedBundle, plans_identif
 
 
 def load_weights(network, bundle_checkpoint: Path) -> None:
-    """All weights but the segmentation heads, through nnU-Net's own loader (it checks every shape)."""
+    """All weights but the segmentation heads, through nnU-Net's own loader (it checks every shape). The
+    loader reads its file without a ``map_location``, which fails on a CPU-only machine for a checkpoint
+    saved on a GPU, so it is handed the weights already mapped to the CPU."""
+    import io
+
+    import torch
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
+    weights = torch.load(bundle_checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    buffer = io.BytesIO()
+    torch.save({"network_weights": weights}, buffer)
+    buffer.seek(0)
     try:
-        load_pretrained_weights(network, str(bundle_checkpoint), verbose=False)
+        load_pretrained_weights(network, buffer, verbose=False)
     except AssertionError as e:
         raise InputError(f"--pretrained: the weights in {bundle_checkpoint} do not fit this network: {e}") from e
