@@ -62,6 +62,9 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     assert not (project / "work" / "hippo").exists()  # removed after the verified export
     assert tree_digest(project / "input_train") == before
     assert "fold 0 | epoch 1 |" in done.stderr and "ETA" in done.stderr and "pseudo-Dice" in done.stderr
+    assert done.stderr.count("[device] CPU, ") == 1  # the device, once, in our words; none of nnU-Net's remarks
+    assert "Using device" not in done.stdout + done.stderr
+    assert "perform_everything_on_device" not in done.stdout + done.stderr
 
 
 def test_bundle_loads_in_plain_nnunet(trained, tmp_path):

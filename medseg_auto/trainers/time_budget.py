@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from medseg_auto.device import without_nnunet_device_remarks
 from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
 from medseg_auto.trainers.precision import choose_precision, native_bf16, train_in_bf16
 from medseg_auto.trainers.schedule import ElapsedFractionLR
@@ -117,7 +118,8 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        with without_nnunet_device_remarks():  # the run names the device itself
+            super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 10 ** 9  # the clock ends training, not the epoch count
         self.num_iterations_per_epoch = 5  # a short first epoch measures the speed; later ones are sized
         self.num_val_iterations_per_epoch = 1
@@ -422,7 +424,8 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                                    f"{self.budget.mirror_share:.0%} of the fold's budget.")
             self.inference_allowed_mirroring_axes = None
         try:
-            super().perform_actual_validation(save_probabilities)
+            with without_nnunet_device_remarks():
+                super().perform_actual_validation(save_probabilities)
         finally:
             self.inference_allowed_mirroring_axes = axes
         self.print_to_log_file(f"Final validation ({mode}) took {time.monotonic() - start:.0f} s "
