@@ -254,6 +254,9 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     roi_card, seg_card = card["folds"]["all"]["stages"]["roi"], card["folds"]["all"]
     assert roi_card["precision"] in ("fp32", "bf16") and seg_card["precision"] in ("fp32", "bf16")
     assert "each fold: roi model 30% (3d_roi), then this model 70%" in (bundle / "README.md").read_text()
+    # the card says which figure its Dice is: the crop model's whole-volume validation, not the cascade's
+    assert card["cross_validation_method"].startswith("the segmentation model alone")
+    assert "not the ROI -> crops -> paste-back" in (bundle / "README.md").read_text()
 
     scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "pred"
     refs.mkdir()

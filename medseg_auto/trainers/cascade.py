@@ -194,6 +194,8 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
     mostly on patches around the foreground (as the crops around the ROI are)."""
 
     case_predictor = "cascade"  # medseg_auto.predict.cascade
+    validation_method = ("the segmentation model alone, nnU-Net's sliding window over each whole held-out "
+                         "volume; not the ROI -> crops -> paste-back that exe_predict.py runs")
     foreground_share = 0.67  # nnU-Net's oversampling: this share of each batch is centred on foreground
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

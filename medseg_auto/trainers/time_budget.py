@@ -115,6 +115,8 @@ def sliding_windows(shape: Sequence[int], patch: Sequence[int], step: float = 0.
 class nnUNetTrainerTimeBudget(nnUNetTrainer):
     inference_trainer_name = "nnUNetTrainer"  # same network and inference: bundles load in plain nnU-Net
     case_predictor = "sliding_window"  # how exe_predict.py runs its bundles (medseg_auto.predict.engine)
+    # what the model card's cross-validation Dice measures
+    validation_method = "nnU-Net's sliding window over each held-out case, as exe_predict.py predicts"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
