@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_auto.ingest.formats import NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, image_ending, is_planar
+from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, image_ending,
+                                        is_planar, read_image)
 from medseg_auto.ingest.labels import LabelPlan
 from medseg_auto.ingest.layout import SourceCase
 from medseg_auto.ingest.scan import FileInfo
@@ -130,6 +131,12 @@ def _write_image(src: Path, out: Path) -> None:
         with Image.open(src) as image:
             image = image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image
             image.save(out)
+    elif src.is_dir():  # a DICOM series, written once as one volume
+        import SimpleITK as sitk
+
+        from medseg_auto.ingest.dicom import series_image
+
+        sitk.WriteImage(series_image(src), str(out), useCompression=True)
     else:
         import SimpleITK as sitk
 
@@ -162,6 +169,15 @@ def _write_label(src: Path, out: Path, mapping: dict[int, int], info: FileInfo) 
 
         with Image.open(src) as image:
             Image.fromarray(remap(np.asarray(image))).save(out)
+    elif image_ending(src) in DICOM_ENDINGS:  # a DICOM-SEG, placed on its series' grid
+        import SimpleITK as sitk
+
+        seg = read_image(src)
+        result = sitk.GetImageFromArray(remap(seg.array))
+        result.SetSpacing(seg.spacing)
+        result.SetOrigin(seg.origin)
+        result.SetDirection(seg.direction)
+        sitk.WriteImage(result, str(out), useCompression=True)
     else:
         import SimpleITK as sitk
 

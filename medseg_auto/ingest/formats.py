@@ -12,7 +12,9 @@ import numpy as np
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 PLANAR_ENDINGS = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".gif")
-IMAGE_ENDINGS = VOLUME_ENDINGS + PLANAR_ENDINGS
+# A single DICOM file is a DICOM-SEG label; a DICOM series is a folder (``medseg_auto.ingest.dicom``).
+DICOM_ENDINGS = (".dcm",)
+IMAGE_ENDINGS = VOLUME_ENDINGS + PLANAR_ENDINGS + DICOM_ENDINGS
 
 # Endings nnU-Net reads as they are, so a file in one of them that needs no change is referenced, not copied.
 # .mhd is left out on purpose: its pixels live in a sidecar file and we convert it to a single file.
@@ -83,6 +85,10 @@ class ImageHeader(Geometry):
 
 def read_header(path: Path) -> ImageHeader:
     """Read only the header: checking a folder of large scans costs milliseconds per file, not a read."""
+    if path.is_dir() or image_ending(path) in DICOM_ENDINGS:
+        from medseg_auto.ingest.dicom import read_dicom_header
+
+        return read_dicom_header(path)
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     if is_planar(path):
@@ -103,6 +109,10 @@ def read_header(path: Path) -> ImageHeader:
 
 def read_image(path: Path) -> ImageData:
     """Read any supported image file; raises an exception with the library's message when it cannot."""
+    if path.is_dir() or image_ending(path) in DICOM_ENDINGS:  # a DICOM series folder, a DICOM-SEG
+        from medseg_auto.ingest.dicom import read_dicom
+
+        return read_dicom(path)
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     if is_planar(path):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import canonical_name, channel_keys, same_channel
+from medseg_auto.ingest.dicom import is_series_folder
 from medseg_auto.ingest.formats import image_ending, stem
 from medseg_auto.ingest.problems import DATASET, Problem
 
@@ -345,12 +346,17 @@ def list_subdirs(folder: Path) -> list[Path]:
 
 
 def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path] | None = None) -> list[Path]:
-    """Image files directly in ``folder`` (sorted); other files go to ``ignored``."""
-    if not folder.is_dir():
+    """Image files directly in ``folder`` (sorted); other files go to ``ignored``. A DICOM series folder in
+    ``folder`` counts as one image file; the files of a series folder itself are its slices, not images."""
+    if not folder.is_dir() or is_series_folder(folder):
         return []
     out = []
     for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or not f.is_file():
+        if f.name.startswith("."):
+            continue
+        if not f.is_file():
+            if ending is None and is_series_folder(f):
+                out.append(f)
             continue
         e = image_ending(f)
         if e is not None and (ending is None or e == ending.lower()):

@@ -1,0 +1,387 @@
+"""DICOM in: a folder holding one series is one image; a DICOM-SEG file is a label on its series' grid.
+
+Headers are read with pydicom (every file once, without pixels): they group the files by series, order
+the slices by their position along the slice normal (never by file name) and find what would make the
+volume wrong: several series in one folder, non-uniform slice spacing (missing slices), gantry tilt,
+slices of different orientation or size, files that hold no image (a DICOMDIR, a structured report).
+Each of these raises :class:`DicomError` with a message that names the folder or file, the problem and
+how to fix it. The pixels are read by SimpleITK's series reader (GDCM: every transfer syntax, rescale
+slope and intercept applied) in that order; the geometry is ours, from the headers, in ITK's terms.
+
+A DICOM-SEG (read with pydicom) is placed frame by frame on the slices of the series it references, found
+among the series folders seen so far; a frame that does not lie on one of its slices is an error, never
+resampled.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from medseg_auto.ingest.formats import ImageData, ImageHeader, image_ending
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SERIES_FLAG = "--series"
+# Tolerances: positions in mm relative to the slice step, direction cosines, tilt in degrees.
+SPACING_RTOL = 0.01
+COSINE_ATOL = 1e-4
+TILT_DEGREES = 0.05
+_HEADER_TAGS = ("SOPClassUID", "SOPInstanceUID", "Modality", "SeriesInstanceUID", "SeriesDescription",
+                "SeriesNumber", "Rows", "Columns", "PixelSpacing", "ImagePositionPatient",
+                "ImageOrientationPatient", "NumberOfFrames", "SamplesPerPixel")
+
+_series_choice: str | None = None
+_known_series: dict[str, Path] = {}  # SeriesInstanceUID -> folder, for DICOM-SEG references
+_lock = threading.Lock()
+
+
+class DicomError(ValueError):
+    """A DICOM input that cannot be read as asked; the message says where, what and how to fix it."""
+
+
+def choose_series(choice: str | None) -> None:
+    """``--series``: the series (UID or description) to read where a folder holds several."""
+    global _series_choice
+    _series_choice = choice.strip() if choice else None
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One DICOM file's header, as far as the geometry needs it."""
+
+    path: Path
+    sop_instance_uid: str
+    series_uid: str
+    description: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), as DICOM orders it
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]       # row cosines, then column cosines
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a folder: its slices in position order, and its voxel grid in ITK's terms."""
+
+    folder: Path
+    uid: str
+    description: str
+    slices: tuple[Slice, ...]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.slices), self.slices[0].rows, self.slices[0].columns)
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.array(self.direction).reshape(3, 3)[:, 2]
+
+
+# --- finding DICOM files and series folders --------------------------------------------------------------
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: ``DICM`` after the 128-byte preamble (whatever its name or ending)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def is_series_folder(folder: Path) -> bool:
+    """A folder whose DICOM files include image slices (a DICOM-SEG is a label, not a series). Reads the
+    first few DICOM headers only; records the series it sees for DICOM-SEG references."""
+    if not folder.is_dir():
+        return False
+    seen = 0
+    for f in _files(folder):
+        if image_ending(f) not in (None, ".dcm") or not is_dicom_file(f):
+            continue
+        seen += 1
+        try:
+            ds = _read_header(f)
+        except Exception:  # an unreadable file is reported when the series is read
+            return True
+        if _is_image(ds):
+            with _lock:
+                _known_series.setdefault(str(ds.get("SeriesInstanceUID", "")), folder)
+            return True
+        if seen >= 4:
+            return False
+    return False
+
+
+def _read_header(path: Path):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+
+
+def _is_image(ds) -> bool:
+    return (str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS and "Rows" in ds
+            and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds)
+
+
+def _what_it_is(path: Path, ds) -> str:
+    """Which kind of DICOM object a file holds, for messages (``a DICOMDIR``, ``Basic Text SR Storage``)."""
+    from pydicom.uid import UID
+
+    media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    sop = str(ds.get("SOPClassUID", "")) or media
+    if media == "1.2.840.10008.1.3.10" or path.name.upper() == "DICOMDIR":
+        return "a DICOMDIR (an index of a DICOM medium, not an image)"
+    name = UID(sop).name if sop else "an unknown DICOM object"
+    if ".88." in sop:
+        return f"a structured report ({name}), not an image"
+    return f"{name}, not an image slice with a position"
+
+
+# --- series: discovery, ordering, geometry -----------------------------------------------------------
+
+def list_series(folder: Path) -> dict[str, list[Slice]]:
+    """Every image slice of ``folder`` by SeriesInstanceUID; raises for a DICOM file that holds no image."""
+    by_uid: dict[str, list[Slice]] = {}
+    for f in _files(folder):
+        if not is_dicom_file(f):
+            continue
+        try:
+            ds = _read_header(f)
+        except Exception as e:
+            raise DicomError(f"{f.name}: not a readable DICOM file ({_first_line(e)}); remove or replace "
+                             "it") from None
+        if not _is_image(ds):
+            raise DicomError(f"{f.name} in the series folder {folder.name}/ is {_what_it_is(f, ds)}: move it "
+                             f"out of the folder (a series folder holds the slices of one series only)")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise DicomError(f"{f.name}: a multi-frame DICOM image ({ds.NumberOfFrames} frames in one file); "
+                             f"only one slice per file is read: export the series as single-frame files, or "
+                             f"convert it to NIfTI (e.g. with dcm2niix)")
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        by_uid.setdefault(uid, []).append(Slice(
+            f, str(ds.get("SOPInstanceUID", "")), uid, str(ds.get("SeriesDescription", "") or ""),
+            int(ds.Rows), int(ds.Columns), tuple(float(v) for v in ds.get("PixelSpacing", (1.0, 1.0))),
+            tuple(float(v) for v in ds.ImagePositionPatient), tuple(float(v) for v in ds.ImageOrientationPatient)))
+    with _lock:
+        for uid in by_uid:
+            _known_series.setdefault(uid, folder)
+    return by_uid
+
+
+def series_listing(by_uid: dict[str, list[Slice]]) -> str:
+    """One line per series: UID, description and slice count."""
+    return "; ".join(f"{uid} ('{s[0].description}', {len(s)} slice(s))" for uid, s in sorted(by_uid.items()))
+
+
+def pick_series(folder: Path, by_uid: dict[str, list[Slice]], choice: str | None) -> str:
+    """The UID to read: the only series, or the one ``--series`` names (UID or description)."""
+    if not by_uid:
+        raise DicomError(f"{folder.name}/ holds no DICOM image files")
+    if len(by_uid) == 1:
+        return next(iter(by_uid))
+    hits = [u for u, s in by_uid.items() if choice and (choice == u or choice.lower() == s[0].description.lower())]
+    if len(hits) == 1:
+        return hits[0]
+    what = f"{len(by_uid)} DICOM series in one folder: {series_listing(by_uid)}"
+    if choice:
+        what += f"; {SERIES_FLAG} '{choice}' names {'several' if hits else 'none'} of them"
+    raise DicomError(f"{what}. Pick one with {SERIES_FLAG} UID or {SERIES_FLAG} 'DESCRIPTION', or move each "
+                     f"series into a folder of its own")
+
+
+def order_series(folder: Path, slices: list[Slice]) -> Series:
+    """The slices ordered along the slice normal, with the grid they span; raises where one regular grid
+    would misplace them (mixed orientation or size, duplicates, non-uniform spacing, gantry tilt)."""
+    first = slices[0]
+    where = f"{folder.name}/ (series {first.series_uid})"
+    for s in slices[1:]:
+        if (s.rows, s.columns) != (first.rows, first.columns) or \
+                not np.allclose(s.orientation, first.orientation, atol=COSINE_ATOL) or \
+                not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-4):
+            raise DicomError(f"{where}: slices of different size, orientation or pixel spacing ({first.path.name}: "
+                             f"{first.rows}x{first.columns}, {s.path.name}: {s.rows}x{s.columns}); a localizer or "
+                             f"a second series under the same UID? Keep one stack of parallel slices")
+    row, col = np.array(first.orientation[:3]), np.array(first.orientation[3:])
+    normal = np.cross(row, col)
+    ordered = sorted(slices, key=lambda s: float(np.dot(s.position, normal)))
+    depth = np.array([np.dot(s.position, normal) for s in ordered])
+    if len(ordered) < 2:
+        raise DicomError(f"{where}: a single slice ({first.path.name}); a 3D series needs two or more")
+    steps = np.diff(depth)
+    if np.any(steps < 1e-3):
+        i = int(np.argmin(steps))
+        raise DicomError(f"{where}: two slices at the same position ({ordered[i].path.name}, "
+                         f"{ordered[i + 1].path.name}); several time points or echoes in one series? Keep one")
+    step = float(np.median(steps))
+    if np.max(np.abs(steps - step)) > SPACING_RTOL * step:
+        raise DicomError(f"{where}: non-uniform slice spacing (steps from {steps.min():.3g} to {steps.max():.3g} "
+                         f"mm, median {step:.3g}; missing slices?): add the missing files, or resample the series "
+                         f"to uniform spacing (e.g. dcm2niix) and give the NIfTI file")
+    span = np.array(ordered[-1].position) - np.array(ordered[0].position)
+    lateral = span - np.dot(span, normal) * normal
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(lateral), abs(np.dot(span, normal)))))
+    if tilt > TILT_DEGREES:
+        raise DicomError(f"{where}: gantry tilt of {tilt:.2f} degrees (the slices are not stacked along their "
+                         f"normal), which a regular grid would shear: convert with tilt correction (e.g. "
+                         f"dcm2niix) and give the NIfTI file")
+    direction = np.column_stack([row, col, normal])
+    return Series(folder, first.series_uid, first.description, tuple(ordered),
+                  (first.pixel_spacing[1], first.pixel_spacing[0], step), tuple(ordered[0].position),
+                  tuple(float(v) for v in direction.ravel()))
+
+
+@lru_cache(maxsize=256)
+def _series_cached(folder: Path, choice: str | None, uid: str | None, stamp: float) -> Series:
+    by_uid = list_series(folder)
+    if uid is not None:
+        if uid not in by_uid:
+            raise DicomError(f"{folder.name}/ holds no series {uid}")
+        return order_series(folder, by_uid[uid])
+    return order_series(folder, by_uid[pick_series(folder, by_uid, choice)])
+
+
+def read_series_geometry(folder: Path, uid: str | None = None) -> Series:
+    """The chosen series of ``folder`` (``--series`` where several), from headers only."""
+    return _series_cached(folder.resolve(), _series_choice, uid, folder.stat().st_mtime)
+
+
+def read_series(folder: Path) -> ImageData:
+    """The series' pixels, slices in position order, with rescale slope and intercept applied."""
+    import SimpleITK as sitk
+
+    series = read_series_geometry(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(s.path) for s in series.slices])
+    reader.MetaDataDictionaryArrayUpdateOff()
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image)
+    components = image.GetNumberOfComponentsPerPixel()
+    if array.shape[:3] != series.shape:
+        raise DicomError(f"{folder.name}/: pixels of shape {array.shape[:3]} where the headers describe "
+                         f"{series.shape}")
+    return ImageData(array=array, spacing=series.spacing, origin=series.origin, direction=series.direction,
+                     components=components)
+
+
+def series_image(folder: Path):
+    """The series as a SimpleITK image (for writing it as NIfTI into the work folder)."""
+    import SimpleITK as sitk
+
+    data = read_series(folder)
+    image = sitk.GetImageFromArray(data.array, isVector=data.components > 1)
+    image.SetSpacing(data.spacing)
+    image.SetOrigin(data.origin)
+    image.SetDirection(data.direction)
+    return image
+
+
+def read_dicom(path: Path) -> ImageData:
+    """A series folder's pixels, or a ``.dcm`` file (a DICOM-SEG) on its series' grid."""
+    return read_series(path) if path.is_dir() else read_dicom_file(path)
+
+
+def read_dicom_header(path: Path) -> ImageHeader:
+    """The grid of a series folder (headers only) or of a DICOM-SEG (its series' grid)."""
+    if path.is_dir():
+        series = read_series_geometry(path)
+        return ImageHeader(series.spacing, series.origin, series.direction, 1, shape=series.shape)
+    data = read_dicom_file(path)
+    return ImageHeader(data.spacing, data.origin, data.direction, 1, shape=data.shape)
+
+
+# --- single DICOM files: DICOM-SEG labels, and the files that are no image of ours ------------------------
+
+def read_dicom_file(path: Path) -> ImageData:
+    """A ``.dcm`` file given as an image or label: a DICOM-SEG is read onto its series' grid; anything else
+    raises a :class:`DicomError` saying what the file is."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:
+        raise DicomError(f"not a readable DICOM file ({_first_line(e)})") from None
+    if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+        return read_seg(path)
+    if _is_image(ds):
+        raise DicomError("a single DICOM slice: a series is read from its folder; put the slices of each "
+                         "series in a folder of their own (images/CASE/*.dcm)")
+    raise DicomError(f"{_what_it_is(path, ds)}; give the series folder (or a DICOM-SEG as the label)")
+
+
+def read_seg(path: Path) -> ImageData:
+    """A DICOM-SEG as a label map on the grid of the series it references: voxel = segment number (the
+    labelmap value for a LABELMAP SEG). Overlapping segments, fractional SEGs and frames off the series'
+    slices are errors."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    refs = [str(r.SeriesInstanceUID) for r in ds.get("ReferencedSeriesSequence", [])]
+    with _lock:
+        folders = [(u, _known_series[u]) for u in refs if u in _known_series]
+    if not folders:
+        raise DicomError(f"the DICOM-SEG references series {', '.join(refs) or '(none)'}, which is not among "
+                         f"the series folders given; keep the SEG with the case of its source series")
+    uid, folder = folders[0]
+    series = read_series_geometry(folder, uid)
+    kind = str(ds.get("SegmentationType", "BINARY"))
+    if kind == "FRACTIONAL":
+        raise DicomError("a FRACTIONAL DICOM-SEG (probabilities); export a BINARY or LABELMAP segmentation")
+    frames = ds.pixel_array
+    if frames.ndim == 2:
+        frames = frames[None]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    label = np.zeros(series.shape, dtype=np.uint16 if kind == "LABELMAP" else np.uint8)
+    origin = np.array(series.origin)
+    axes = np.array(series.direction).reshape(3, 3)
+    depth = np.array([np.dot(s.position, series.normal) for s in series.slices])
+    for i, group in enumerate(per_frame):
+        orientation = _group_item(group, shared, "PlaneOrientationSequence").ImageOrientationPatient
+        spacing = _group_item(group, shared, "PixelMeasuresSequence").PixelSpacing
+        position = np.array([float(v) for v in _group_item(group, shared, "PlanePositionSequence").ImagePositionPatient])
+        k = int(np.argmin(np.abs(depth - np.dot(position, series.normal))))
+        offset = position - np.array(series.slices[k].position)
+        on_grid = (np.allclose([float(v) for v in orientation], series.slices[0].orientation, atol=COSINE_ATOL)
+                   and np.allclose([float(v) for v in spacing], series.slices[0].pixel_spacing, rtol=1e-4)
+                   and np.linalg.norm(offset) < 0.01 * min(series.spacing)
+                   and frames.shape[1:] == series.shape[1:])
+        if not on_grid:
+            where = np.linalg.solve(axes, position - origin) / np.array(series.spacing)
+            raise DicomError(f"frame {i + 1} of the DICOM-SEG is not on a slice of series {uid} in {folder.name}/ "
+                             f"(its position is at voxel {np.round(where, 2).tolist()} of the series' grid, its "
+                             f"size {frames.shape[1:]} against {series.shape[1:]}): a label must lie on its "
+                             f"series' grid; export the segmentation on the source series")
+        if kind == "LABELMAP":
+            label[k] = frames[i]
+            continue
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        mask = frames[i] > 0
+        clash = np.count_nonzero(mask & (label[k] > 0) & (label[k] != number))
+        if clash:
+            raise DicomError(f"segments {int(label[k][mask & (label[k] > 0)].max())} and {number} overlap in "
+                             f"{clash} voxel(s) of slice {k}: a label map needs one label per voxel; export "
+                             f"non-overlapping segments")
+        label[k][mask] = number
+    return ImageData(array=label, spacing=series.spacing, origin=series.origin, direction=series.direction,
+                     components=1)
+
+
+def _group_item(group, shared, name: str):
+    if name in group:
+        return getattr(group, name)[0]
+    return getattr(shared, name)[0]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:160]

@@ -1,0 +1,221 @@
+"""DICOM in and out, on DICOM series written from the real volumes (hippocampus, a cropped BraTS case):
+slice order by position, orientations, several series, non-image files, DICOM-SEG labels, and the
+whole ``--check`` of a paired DICOM dataset."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+sitk = pytest.importorskip("SimpleITK")
+
+from conftest import copy_brats_crops, real_data  # noqa: E402
+from medseg_auto.ingest import dicom  # noqa: E402
+from medseg_auto.ingest.formats import read_header, read_image  # noqa: E402
+
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def hippocampus_image(case: str = "hippocampus_001", label: bool = False) -> sitk.Image:
+    folder = real_data("hippocampus") / ("labels" if label else "images")
+    return sitk.ReadImage(str(folder / f"{case}.nii.gz"))
+
+
+def uint8_cases(n: int) -> list[str]:
+    """Hippocampus cases stored as integers (uint8): DICOM holds their pixels exactly."""
+    import nibabel
+
+    out = []
+    for f in sorted((real_data("hippocampus") / "images").iterdir()):
+        if nibabel.load(f).get_data_dtype() == np.uint8:
+            out.append(f.name[: -len(".nii.gz")])
+        if len(out) == n:
+            return out
+    pytest.skip("too few integer hippocampus cases")
+
+
+def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, description: str = "T1 3D",
+                 seed: int = 0, slope: float = 1.0, drop: int | None = None, tilt: float = 0.0) -> list[str]:
+    """Write ``image`` as an MR DICOM series, one file per slice along its third axis: plausible headers
+    (position, orientation, spacing, rescale), files shuffled and named at random (half ``.dcm``, half
+    without an ending). ``drop`` leaves out one slice, ``tilt`` (mm per slice) shifts each slice sideways
+    as a gantry tilt does. Returns the SOPInstanceUIDs in slice order."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    array = sitk.GetArrayFromImage(image)
+    stored = np.rint(array / slope).astype(np.int16)
+    axes = np.array(image.GetDirection()).reshape(3, 3)
+    spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
+    uid = uid or generate_uid()
+    study, frame = generate_uid(), generate_uid()
+    rng = random.Random(seed)
+    order = list(range(array.shape[0]))
+    rng.shuffle(order)
+    uids = [generate_uid() for _ in range(array.shape[0])]
+    for k in order:
+        if k == drop:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MR_STORAGE, uids[k]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_STORAGE, uids[k]
+        ds.Modality, ds.PatientName, ds.PatientID = "MR", "Test^Case", "T0001"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, uid, frame
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 3, rng.randint(1, 999)
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A1", "1"
+        ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", "O"
+        ds.Manufacturer = "medseg_auto tests"
+        position = origin + k * spacing[2] * axes[:, 2] + k * tilt * axes[:, 1]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*axes[:, 0], *axes[:, 1])]
+        ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+        ds.SliceThickness = f"{spacing[2]:.6f}"
+        ds.Rows, ds.Columns = array.shape[1], array.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", "0"
+        ds.PixelData = stored[k].tobytes()
+        name = f"{rng.getrandbits(40):010x}" + (".dcm" if k % 2 else "")
+        ds.save_as(folder / name, enforce_file_format=True)
+    return [u for k, u in enumerate(uids) if k != drop]
+
+
+def write_sr(path: Path) -> None:
+    """A Basic Text SR: a DICOM file that holds no image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID = "SR", generate_uid()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_dicomdir(path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.1.3.10", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "TEST"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def canonical(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(array, spacing, origin, direction) with the third axis along the slice normal (a left-handed
+    direction flipped, as a DICOM reader orders slices by position)."""
+    axes = np.array(image.GetDirection()).reshape(3, 3)
+    if np.dot(np.cross(axes[:, 0], axes[:, 1]), axes[:, 2]) < 0:
+        image = sitk.Flip(image, [False, False, True])
+    return (sitk.GetArrayFromImage(image), np.array(image.GetSpacing()), np.array(image.GetOrigin()),
+            np.array(image.GetDirection()))
+
+
+def assert_same(data, image: sitk.Image, slope: float = 1.0) -> None:
+    array, spacing, origin, direction = canonical(image)
+    expected = np.rint(array / slope).astype(np.float64) * slope  # the stored integers, rescaled
+    assert data.array.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(data.array, dtype=np.float64), expected, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(data.spacing, spacing, atol=1e-5)
+    np.testing.assert_allclose(data.origin, origin, atol=1e-4)
+    np.testing.assert_allclose(data.direction, direction, atol=1e-6)
+
+
+def rotated(image: sitk.Image, degrees: tuple[float, float, float]) -> sitk.Image:
+    """The same pixels with an oblique orientation (rotation about x, y, z) in the header."""
+    from scipy.spatial.transform import Rotation
+
+    out = sitk.Image(image)
+    axes = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix() @ np.array(image.GetDirection()).reshape(3, 3)
+    out.SetDirection(tuple(axes.ravel()))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_series_choice():
+    dicom.choose_series(None)
+    yield
+    dicom.choose_series(None)
+
+
+# --- reading a series ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("orientation", ["axial", "sagittal", "oblique", "flipped"])
+def test_series_reads_voxel_exact_in_any_orientation(tmp_path, orientation):
+    source = hippocampus_image(uint8_cases(1)[0])
+    image = {"axial": lambda i: i,
+             "sagittal": lambda i: sitk.PermuteAxes(i, [1, 2, 0]),  # slices along the old x axis
+             "oblique": lambda i: rotated(i, (20, -15, 10)),
+             "flipped": lambda i: sitk.Flip(i, [False, True, True])}[orientation](source)
+    write_series(image, tmp_path / "series", seed=hash(orientation) % 1000)
+    assert dicom.is_series_folder(tmp_path / "series")
+    data = read_image(tmp_path / "series")
+    assert_same(data, image)
+    header = read_header(tmp_path / "series")
+    assert header.shape == data.shape and np.allclose(header.origin, data.origin)
+    if orientation == "flipped":  # slices come back in position order: the source's own pixels
+        np.testing.assert_array_equal(data.array[::-1], sitk.GetArrayFromImage(sitk.Flip(source, [False, True, False])))
+
+
+def test_float_series_with_rescale_and_brats_crop(tmp_path):
+    copy_brats_crops(tmp_path / "crops", n=1, size=(40, 36, 24))
+    case = next((tmp_path / "crops").iterdir())
+    image = sitk.ReadImage(str(case / "Flair_subtrMeanDivStd.nii.gz"))
+    write_series(image, tmp_path / "flair", slope=0.001)
+    assert_same(read_image(tmp_path / "flair"), image, slope=0.001)
+
+
+def test_two_series_in_one_folder_are_listed_and_picked_by_flag(tmp_path):
+    a, b = uint8_cases(2)
+    write_series(hippocampus_image(a), tmp_path / "mixed", uid="1.2.826.0.1.3680043.8.498.1", description="T1 AX")
+    write_series(hippocampus_image(b), tmp_path / "mixed", uid="1.2.826.0.1.3680043.8.498.2", description="T2 COR",
+                 seed=5)
+    with pytest.raises(dicom.DicomError) as e:
+        read_image(tmp_path / "mixed")
+    message = str(e.value)
+    assert "2 DICOM series" in message and "1.2.826.0.1.3680043.8.498.1 ('T1 AX'" in message
+    assert "'T2 COR'" in message and "--series" in message and f"{hippocampus_image(a).GetSize()[2]} slice(s)" in message
+    dicom.choose_series("t2 cor")
+    assert_same(read_image(tmp_path / "mixed"), hippocampus_image(b))
+    dicom.choose_series("1.2.826.0.1.3680043.8.498.1")
+    assert_same(read_image(tmp_path / "mixed"), hippocampus_image(a))
+
+
+def test_missing_slice_and_gantry_tilt_are_reported(tmp_path):
+    image = hippocampus_image(uint8_cases(1)[0])
+    write_series(image, tmp_path / "gap", drop=10)
+    with pytest.raises(dicom.DicomError, match=r"gap/.*non-uniform slice spacing \(steps from 1 to 2 mm"):
+        read_image(tmp_path / "gap")
+    write_series(image, tmp_path / "tilt", tilt=0.2)
+    with pytest.raises(dicom.DicomError, match=r"tilt/.*gantry tilt of 11\.3\d degrees"):
+        read_image(tmp_path / "tilt")
+
+
+def test_files_that_hold_no_image_are_named(tmp_path):
+    image = hippocampus_image(uint8_cases(1)[0])
+    write_series(image, tmp_path / "with_sr")
+    write_sr(tmp_path / "with_sr" / "report.dcm")
+    with pytest.raises(dicom.DicomError, match=r"report\.dcm in the series folder with_sr/ is a structured report "
+                       r"\(Basic Text SR Storage\)"):
+        read_image(tmp_path / "with_sr")
+    write_series(image, tmp_path / "with_dir")
+    write_dicomdir(tmp_path / "with_dir" / "DICOMDIR")
+    with pytest.raises(dicom.DicomError, match=r"DICOMDIR in the series folder with_dir/ is a DICOMDIR"):
+        read_image(tmp_path / "with_dir")
+    write_sr(tmp_path / "alone.dcm")
+    with pytest.raises(dicom.DicomError, match="structured report"):
+        read_image(tmp_path / "alone.dcm")
