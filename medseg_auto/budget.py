@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 EXPORT_RESERVE_SECONDS = 10.0   # copy checkpoints, load the bundle once to verify it, model card, curves
+REPORT_RESERVE_SECONDS = 10.0   # report.html: validation scores, overlays, charts (hippocampus, 5 folds: measured)
 USEFUL_FOLD_SECONDS = 300.0     # below this a fold's model is a sketch: warn and suggest fewer folds
 MIN_FOLD_SECONDS = 30.0         # below this nothing can be trained: refuse
 

@@ -6,7 +6,7 @@ loads it for standard trainers)::
     dataset.json  plans.json  dataset_fingerprint.json
     fold_K/checkpoint_final.pth  fold_K/progress.png
     medseg_auto.json   (what prediction needs beyond nnU-Net: channels, label mapping back, trainer)
-    model_card.json  README.md
+    model_card.json  README.md  report.html  report_files/ (the report's overlays of validation cases)
 
 The bundle is written beside its destination, verified by loading it with nnU-Net's predictor, then
 renamed into place; an existing bundle is never replaced unless ``overwrite`` is given.
@@ -51,6 +51,7 @@ def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_tra
         write_json_atomic(tmp / MANIFEST, manifest)
         write_json_atomic(tmp / "model_card.json", card)
         (tmp / "README.md").write_text(readme)
+        write_report_safely(tmp, card, results_folder)
         for name in folders:
             verify_bundle(tmp / name, folds)
         _move_into_place(tmp, bundle)
@@ -58,6 +59,21 @@ def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_tra
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
     return bundle
+
+
+def write_report_safely(bundle: Path, card: dict, results_folder: Path | None) -> None:
+    """``report.html`` (medseg_auto.reporting), timed; a report that fails must not cost the trained model:
+    the failure is said, with the command that writes the report later."""
+    from medseg_auto.reporting import write_report
+
+    start = time.monotonic()
+    try:
+        write_report(bundle, card, results_folder)
+    except Exception as e:
+        print(f"[export] report.html could not be written ({type(e).__name__}: {e}); the model is exported "
+              f"without it. Write it later with: python3 exe_train.py --report BUNDLE", file=sys.stderr)
+        return
+    print(f"[export] report.html written in {time.monotonic() - start:.1f} s", file=sys.stderr)
 
 
 def _write_model_folder(dst: Path, results_folder: Path, folds: list, inference_trainer: str) -> None:

@@ -5,6 +5,7 @@ import datetime
 import platform
 from collections import Counter
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -79,6 +80,7 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
     """What the model is, how it was trained and how good it is (JSON; rendered by model_card_readme)."""
     dice_names = sorted({k for f in folds for k in f["dice"]})
     cv = {k: round(float(np.mean([f["dice"][k] for f in folds if k in f["dice"]])), 4) for k in dice_names}
+    fold_cards = {str(f["fold"]): _fold_card(f) for f in folds}
     return {
         "name": record["name"],
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -91,24 +93,42 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
         "channels": record["channels"]["nnunet_names"],
         "labels": record["labels"],
         "training_cases": len(record["cases"]),
+        "skipped_cases": record.get("skipped_cases", []),
         "input_layout": record["layout"],
         "budget_minutes": round(clock.budget / 60, 2),
         "time_used_seconds": round(clock.elapsed(), 1),
         "phases_seconds": record.get("phases", {}),
         "training_settings": record.get("training_settings", {}),
         "stages": record.get("plan", {}).get("stages") or None,
-        "folds": {str(f["fold"]): _fold_card(f) for f in folds},
+        "folds": fold_cards,
         "cross_validation_dice": cv,
+        "cross_validation_hd95": _mean_hd95(fold_cards),
         "versions": {"medseg_auto": _version("medseg_auto"), "nnunetv2": _version("nnunetv2"),
                      "torch": _version("torch"), "python": platform.python_version()},
     }
 
 
 def _fold_card(fold: dict) -> dict:
+    """A fold's line, with its learning curves, HD95 and per-case validation scores read from its folder in
+    the work folder (still there at export) for the report."""
+    from medseg_auto.reporting.validation import fold_details
+
     card = _stage_card(fold)
-    if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model)
+    if fold.get("folder") and Path(fold["folder"]).is_dir():
+        card.update(fold_details(Path(fold["folder"]), validation=bool(fold["dice"])))
+    if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model): their curves
         card["stages"] = {name: _stage_card(stage) for name, stage in fold["stages"].items()}
+        for name, stage in fold["stages"].items():
+            if stage.get("folder") and Path(stage["folder"]).is_dir():
+                card["stages"][name].update(fold_details(Path(stage["folder"]), validation=False))
     return card
+
+
+def _mean_hd95(folds: dict) -> dict:
+    """HD95 per label, the mean over the folds that have one (the report's cross-validation HD95)."""
+    names = dict.fromkeys(k for f in folds.values() for k in f.get("hd95", {}))
+    values = {k: [f["hd95"][k] for f in folds.values() if f.get("hd95", {}).get(k) is not None] for k in names}
+    return {k: round(float(np.mean(v)), 2) if v else None for k, v in values.items()}
 
 
 def _stage_card(result: dict) -> dict:
@@ -182,7 +202,8 @@ def model_card_readme(card: dict) -> str:
         "",
         *rows,
         "",
-        "Learning curves: `fold_*/progress.png`. Predict with:",
+        "The report (dataset, plan, budget, learning curves, scores, validation cases): `report.html`; "
+        "nnU-Net's curves: `fold_*/progress.png`. Predict with:",
         "",
         "    python3 exe_predict.py -m output_models/" + card["name"] + " -i SCANS -o OUT",
         "",

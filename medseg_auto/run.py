@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto import __version__
-from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, FoldShare, RunClock, budget_advice,
-                                estimate_plan_seconds, fmt_duration, split_training)
+from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, REPORT_RESERVE_SECONDS, FoldShare,
+                                RunClock, budget_advice, estimate_plan_seconds, fmt_duration, split_training)
 from medseg_auto.errors import InputError, Interrupted, MedsegError
 from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
 from medseg_auto.ingest.problems import format_table
@@ -129,15 +129,16 @@ class _Run:
                               f"is kept; rerun the same command to resume.") from e
 
     def _plan_train_export(self) -> Path | None:
-        from medseg_auto.device import select_device
+        from medseg_auto.device import describe_device, select_device
         from medseg_auto.plan import CPU_WIDTH, lowres_hint, plan_and_preprocess
         from medseg_auto.train import configure_nnunet_processes, training_settings
         from medseg_auto.trainers import trainer_class as get_trainer
 
+        device = select_device(self.opts.device)
+        print(f"[device] {describe_device(device)}", file=sys.stderr)
+        configure_nnunet_processes(device.type)  # before nnunetv2 is imported: it reads them at import
         get_trainer(self.opts.trainer).check_options(self.record["channels"]["nnunet_names"],
                                                      self.opts.trainer_options)
-        device = select_device(self.opts.device)
-        configure_nnunet_processes(device.type)
         self.record["training_settings"] = training_settings(device.type, self.opts.settings)
         if self.opts.pretrained is not None:
             from medseg_auto.pretrained import open_pretrained
@@ -244,6 +245,7 @@ class _Run:
         trainer_class = get_trainer(self.opts.trainer)
         self.record["state"] = "exporting"
         card = model_card(self.record, plan, results, trainer_class.__name__, self.clock)
+        card["cross_validation_method"] = trainer_class.validation_method
         manifest = {"medseg_auto_version": __version__, "name": self.opts.name,
                     "trainer": trainer_class.__name__, "inference_trainer": trainer_class.inference_trainer_name,
                     "predictor": trainer_class.case_predictor,
@@ -311,7 +313,7 @@ class _Run:
         folds = self.record.get("folds", {})
         todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(f))
                 for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
-        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS, todo)
+        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS - REPORT_RESERVE_SECONDS, todo)
 
     def _fold_spent(self, fold) -> float:
         """The fold's time saved with its stages' last checkpoints (what a kill -9 cannot take back)."""
@@ -330,7 +332,7 @@ class _Run:
         return estimate_plan_seconds(voxels, len(self.checked.cases))
 
     def _warn_up_front(self) -> None:
-        rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS
+        rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS - REPORT_RESERVE_SECONDS
         per_fold = rest / len(self.opts.folds)
         if per_fold < MIN_FOLD_SECONDS and not self.opts.dry_run:
             need = (self.clock.budget - rest + MIN_FOLD_SECONDS * len(self.opts.folds)) / 60
@@ -349,7 +351,7 @@ class _Run:
         print(f"\nBudget {fmt_duration(self.clock.budget)}: used {fmt_duration(self.clock.elapsed())} ({phases}); "
               f"configuration {plan.configuration}, patch {xyz(plan.patch_size)}; per fold: "
               + ", ".join(f"{f}: {fmt_duration(s)}" for f, s in shares.items())
-              + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}.")
+              + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}, report {fmt_duration(REPORT_RESERVE_SECONDS)}.")
         if shares and min(shares.values()) < MIN_FOLD_SECONDS and not self.opts.dry_run:
             raise MedsegError(f"Only {fmt_duration(min(shares.values()))} are left per fold after preprocessing: "
                               f"too little to train. Rerun with a larger -t (the preprocessing is kept).")

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write CASE_probabilities.npz (per class, float16)")
     p.add_argument("--labels-dir", type=Path, help="reference labels: also write metrics.csv (Dice, HD95)")
+    p.add_argument("--preview", action="store_true", help="also preview/NAME.png per scan (the segmentation over "
+                   "three orthogonal slices through its largest structure; 2D: the image) and preview/index.html")
     p.add_argument("-e", dest="ending", help="only read files with this ending when a folder holds several types")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an output folder that already holds files (same names are replaced)")
@@ -65,7 +67,7 @@ def parse_options(argv: list[str] | None = None):
                         probabilities=args.save_probabilities)
     return PredictOptions(model=args.model, scans=args.scans, output=args.output, folds=folds, device=args.device,
                           settings=settings, labels_dir=args.labels_dir, ending=args.ending,
-                          overwrite=args.overwrite, progress=not args.quiet)
+                          overwrite=args.overwrite, progress=not args.quiet, preview=args.preview)
 
 
 def main(argv: list[str] | None = None) -> int:

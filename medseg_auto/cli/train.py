@@ -13,6 +13,7 @@ from medseg_auto import __version__
 from medseg_auto.errors import InputError, MedsegError
 from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
+from medseg_auto.ingest.dicom import choose_series
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. T1c,FLAIR)")
     p.add_argument("--label-pattern", help="file-name pattern of the label files, when not detected (e.g. "
                    "'*OTMultiClass*')")
+    p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
+                   "holds several (its SeriesInstanceUID or SeriesDescription, e.g. 'T1 AX')")
     p.add_argument("--regions", help="BraTS-style regions from label values, largest first: "
                    "\"WT=1,2,3,4;TC=1,3,4;ET=4\"")
     p.add_argument("--merge-labels", action="store_true", help="merge all foreground values into the one label "
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(nnU-Net's), bf16 (bfloat16 autocast, faster on processors with native bfloat16: AVX-512 BF16, "
                    "AMX) or auto (default: bf16 where the processor has it and a timed step is faster); a GPU uses "
                    "nnU-Net's mixed precision either way")
+    p.add_argument("--report", type=Path, metavar="BUNDLE", help="only write BUNDLE/report.html for a model "
+                   "already exported (output_models/NAME), older ones too; nothing is trained")
     p.add_argument("--input-dir", type=Path, help="folder holding the datasets (default ./input_train)")
     p.add_argument("--work-dir", type=Path, help="folder for the run's work files (default ./work)")
     p.add_argument("--output-dir", type=Path, help="folder for exported models (default ./output_models)")
@@ -133,6 +138,11 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
+    if args.report is not None:
+        from medseg_auto.reporting.command import report_for_bundle
+
+        print(f"Report written: {report_for_bundle(args.report)}")
+        return 0
     input_root = args.input_dir or root / "input_train"
     if args.example:
         _prepare_example(args, input_root)
@@ -157,6 +167,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     check_augmentation(args.augmentation, args.trainer)
     if args.lr is not None and not 0.0 < args.lr <= 1.0:
         raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
+    choose_series(args.series)
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -182,7 +193,9 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
                   "learning_rate": args.lr, "precision": args.precision}, trainer_options=trainer_options)
     bundle = train(run)
     if bundle is not None:
-        print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions")
+        if (bundle / "report.html").is_file():
+            print(f"\nReport:  {bundle / 'report.html'} (open it in a browser)")
+        print(f"\nTry it:  {_predict_program()} -m {bundle} -i SCANS -o predictions --preview")
     return 0
 
 

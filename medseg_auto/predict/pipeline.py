@@ -25,6 +25,7 @@ from medseg_auto.predict.bundle import Bundle, open_bundle
 from medseg_auto.predict.engine import CaseError, ScanImage, Settings, case_predictor, read_scan
 from medseg_auto.predict.outputs import (METRICS_CSV, VOLUMES_CSV, prepare_output, volume_row, write_csv,
                                          write_probabilities, write_segmentation)
+from medseg_auto.predict.preview import FOLDER as PREVIEW_FOLDER
 from medseg_auto.predict.scans import Scan, find_references, find_scans
 
 
@@ -40,6 +41,7 @@ class PredictOptions:
     ending: str | None = None
     overwrite: bool = False
     progress: bool = True
+    preview: bool = False        # also preview/NAME.png per scan and preview/index.html
 
 
 @dataclass
@@ -81,6 +83,11 @@ def predict(opts: PredictOptions) -> PredictSummary:
     predict_seconds = time.perf_counter() - start - load_seconds
     classes = [c.name for c in bundle.classes]
     write_csv(opts.output / VOLUMES_CSV, run.volumes)
+    if opts.preview and run.previews:
+        from medseg_auto.predict.preview import write_index
+
+        index = write_index(opts.output / PREVIEW_FOLDER, run.previews, opts.model, bool(references))
+        print(f"Previews: {index}", file=sys.stderr)
     means = None
     if run.metrics:
         rows = run.metrics + [_mean_row(run.metrics, classes)]
@@ -102,6 +109,7 @@ class _Run:
         self.volumes: list[dict] = []
         self.metrics: list[dict] = []
         self.failed: list[Problem] = []
+        self.previews: list = []  # preview.Preview per scan with --preview
 
     def all(self, scans: list[Scan], outputs: list[Path]) -> list[Path]:
         from tqdm import tqdm
@@ -151,6 +159,11 @@ class _Run:
                                        self.bundle.is_2d))
         if scan.name in self.references:
             self.metrics.append(self._score(scan, segmentation))
+        if self.opts.preview:  # in the writer thread: drawn while the network segments the next scan
+            from medseg_auto.predict.preview import write_preview
+
+            self.previews.append(write_preview(self.opts.output / PREVIEW_FOLDER, self.bundle, scan.name,
+                                               scan.files[0], path, self.references.get(scan.name)))
         return path
 
     def _class_names(self) -> list[str]:
