@@ -56,16 +56,18 @@ def configure_nnunet_processes(device_type: str) -> None:
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers (as nnU-Net reads them), how much augmentation, the learning rate and its shape, the precision
+    workers and default process count (as nnU-Net read them), how much augmentation, the learning rate and its shape, the precision
     asked for, and the user's batch or, on a CPU, the batch cap in voxels."""
     import torch
+    from nnunetv2.configuration import default_num_processes
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     from medseg_auto.trainers.time_budget import FoldBudget
 
     budget = FoldBudget(seconds=0.0, **settings)  # only the settings are read
     out = {"device": device_type, "torch_threads": torch.get_num_threads(),
-           "augmentation_workers": get_allowed_n_proc_DA(), "augmentation": budget.augmentation,
+           "augmentation_workers": get_allowed_n_proc_DA(), "nnunet_processes": default_num_processes,
+           "augmentation": budget.augmentation,
            "lr_shape": budget.lr_shape, "learning_rate": budget.learning_rate or 0.01}
     if budget.lr_shape == "constant_decay":
         out["decay_fraction"] = budget.decay_fraction

@@ -49,6 +49,7 @@ def test_tiny_run_exports_a_bundle_within_budget(trained):
     settings = card["training_settings"]  # the CPU defaults the run used, as nnU-Net read them
     assert settings["device"] == "cpu" and settings["torch_threads"] == (os.cpu_count() or 1)
     assert settings["augmentation_workers"] == max(1, (os.cpu_count() or 1) // 4)
+    assert settings["nnunet_processes"] == max(1, min(4, os.cpu_count() or 1))  # set before nnU-Net read it
     assert settings["lr_shape"] == "constant_decay" and settings["cpu_batch_voxels"] > 0
     assert settings["augmentation"] == "nnunet" and settings["precision"] == "auto"
     from medseg_auto.trainers.precision import native_bf16  # auto: bf16 only where native and timed faster
