@@ -48,6 +48,7 @@ def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, des
 
     folder.mkdir(parents=True, exist_ok=True)
     array = sitk.GetArrayFromImage(image)
+    assert np.abs(np.rint(array / slope)).max() < 2 ** 15, "values overflow int16 at this slope"
     stored = np.rint(array / slope).astype(np.int16)
     axes = np.array(image.GetDirection()).reshape(3, 3)
     spacing, origin = np.array(image.GetSpacing()), np.array(image.GetOrigin())
@@ -219,3 +220,108 @@ def test_files_that_hold_no_image_are_named(tmp_path):
     write_sr(tmp_path / "alone.dcm")
     with pytest.raises(dicom.DicomError, match="structured report"):
         read_image(tmp_path / "alone.dcm")
+
+
+# --- training: paired and per-case DICOM datasets, end to end through --check ------------------------------
+
+def write_seg_nrrd(label: sitk.Image, path: Path) -> None:
+    """A label saved as 3D Slicer saves a segmentation (``.seg.nrrd`` with its segment keys)."""
+    image = sitk.Cast(label, sitk.sitkUInt8)
+    for i, name in enumerate(("anterior", "posterior")):
+        image.SetMetaData(f"Segment{i}_ID", f"Segment_{i + 1}")
+        image.SetMetaData(f"Segment{i}_Name", name)
+        image.SetMetaData(f"Segment{i}_LabelValue", str(i + 1))
+        image.SetMetaData(f"Segment{i}_Layer", "0")
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def dicom_hippocampus(root: Path, cases: list[str]) -> dict[str, sitk.Image]:
+    """A paired dataset: ``images/CASE/`` one DICOM series per case (real pixels, float cases stored with a
+    rescale slope of 0.1), labels as NIfTI, DICOM-SEG and Slicer ``.seg.nrrd`` in turn. Returns each case's
+    source image."""
+    from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+    (root / "labels").mkdir(parents=True)
+    sources = {}
+    for i, case in enumerate(cases):
+        image, label = hippocampus_image(case), hippocampus_image(case, label=True)
+        slope = 1.0 if image.GetPixelID() == sitk.sitkUInt8 else 0.1
+        write_series(image, root / "images" / case, seed=i, slope=slope)
+        sources[case] = (image, slope)
+        kind = ("nifti", "seg", "nrrd")[i % 3]
+        if kind == "nifti":
+            sitk.WriteImage(label, str(root / "labels" / f"{case}.nii.gz"))
+        elif kind == "seg":
+            dicom.is_series_folder(root / "images" / case)  # as discovery does: the SEG's series is known
+            write_dicom_seg(sitk.GetArrayFromImage(label), root / "labels" / f"{case}.dcm", root / "images" / case,
+                            [("anterior", (1,)), ("posterior", (2,))])
+        else:
+            write_seg_nrrd(label, root / "labels" / f"{case}.seg.nrrd")
+    return sources
+
+
+def test_paired_dicom_dataset_checks_and_converts_voxel_exact(project, train_cli):
+    from conftest import read_record, tree_digest, verify_with_nnunet
+
+    cases = [f"hippocampus_{n:03d}" for n in (1, 3, 7, 8, 17, 19, 14)]
+    root = project / "input_train" / "hdcm"
+    sources = dicom_hippocampus(root, cases)
+    tilted = "hippocampus_014"  # this one's series is rewritten with a gantry tilt
+    for f in (root / "images" / tilted).iterdir():
+        f.unlink()
+    write_series(sources[tilted][0], root / "images" / tilted, slope=0.1, tilt=0.3)
+    shifted = cases[0]  # and this one's NIfTI label lies 2 mm off its series' grid
+    label = hippocampus_image(shifted, label=True)
+    label.SetOrigin(tuple(np.array(label.GetOrigin()) + (0, 2, 0)))
+    sitk.WriteImage(label, str(root / "labels" / f"{shifted}.nii.gz"))
+    before = tree_digest(root)
+
+    code, out, err = train_cli("-d", "hdcm", "-l", "anterior,posterior", "--check")
+    assert code == 2, err
+    tilt_row = next(line for line in err.splitlines() if tilted in line and "gantry tilt" in line)
+    assert "16.7" in tilt_row and f"images/{tilted}" in tilt_row
+    grid_row = next(line for line in err.splitlines() if shifted in line and "geometry differs" in line)
+    assert "origin" in grid_row
+    assert tree_digest(root) == before
+
+    code, out, err = train_cli("-d", "hdcm", "-l", "anterior,posterior", "--check", "--skip-invalid")
+    assert code == 0, err
+    assert "Cases      5 usable" in out
+    assert tree_digest(root) == before  # converted into the work folder, never beside the input
+    raw = Path(read_record(project, "hdcm")["raw_dataset"])
+    verify_with_nnunet(raw)
+    import json
+
+    listing = json.loads((raw / "dataset.json").read_text())["dataset"]
+    assert sorted(listing) == sorted(set(cases) - {tilted, shifted})
+    for case, files in listing.items():
+        image, slope = sources[case]
+        written = sitk.ReadImage(files["images"][0])
+        array = sitk.GetArrayFromImage(image)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(written), np.rint(array / slope) * slope, rtol=1e-6,
+                                   atol=1e-6)
+        assert np.allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-4)
+        assert np.allclose(written.GetDirection(), image.GetDirection(), atol=1e-6)
+        assert Path(files["images"][0]).is_relative_to(project / "work")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(files["label"])),
+                                      sitk.GetArrayFromImage(hippocampus_image(case, label=True)))
+
+
+def test_per_case_dicom_series_folders_are_channels(project, train_cli):
+    from conftest import read_record
+
+    crops = copy_brats_crops(project / "crops", n=2, size=(40, 36, 24))
+    root = project / "input_train" / "bdcm"
+    for case in sorted(crops.iterdir()):
+        for channel, name in (("flair", "Flair_subtrMeanDivStd"), ("t1c", "T1c_subtrMeanDivStd")):
+            write_series(sitk.ReadImage(str(case / f"{name}.nii.gz")), root / case.name / channel,
+                         description=channel.upper(), slope=0.001)
+        sitk.WriteImage(sitk.ReadImage(str(case / "OTMultiClass.nii.gz")), str(root / case.name / "OTMultiClass.nii.gz"))
+    code, out, err = train_cli("-d", "bdcm", "-i", "FLAIR,T1c", "--check", "-f", "full")
+    assert code == 0, err
+    assert "one folder per case" in out and "Cases      2 usable" in out
+    raw = Path(read_record(project, "bdcm")["raw_dataset"])
+    import json
+
+    channels = json.loads((raw / "dataset.json").read_text())["channel_names"]
+    assert sorted(channels.values()) == ["FLAIR", "T1c"]

@@ -14,6 +14,7 @@ from medseg_auto.errors import InputError, MedsegError
 from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
 from medseg_auto.ingest.dicom import choose_series
+from medseg_auto.ingest.dicom import choose_series
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. T1c,FLAIR)")
     p.add_argument("--label-pattern", help="file-name pattern of the label files, when not detected (e.g. "
                    "'*OTMultiClass*')")
+    p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
+                   "holds several (its SeriesInstanceUID or SeriesDescription, e.g. 'T1 AX')")
     p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
                    "holds several (its SeriesInstanceUID or SeriesDescription, e.g. 'T1 AX')")
     p.add_argument("--regions", help="BraTS-style regions from label values, largest first: "
@@ -167,6 +170,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     check_augmentation(args.augmentation, args.trainer)
     if args.lr is not None and not 0.0 < args.lr <= 1.0:
         raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
+    choose_series(args.series)
     choose_series(args.series)
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
