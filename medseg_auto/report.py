@@ -16,6 +16,7 @@ from medseg_auto.trainers.augmentation import DESCRIPTIONS
 
 LAYOUTS = {
     "nnunet_raw": "nnU-Net raw (imagesTr/ + labelsTr/)",
+    "decathlon": "Medical Segmentation Decathlon (imagesTr/ + labelsTr/, dataset.json)",
     "paired": "paired folders (images + labels)",
     "per_case": "one folder per case",
     "flat": "images and labels side by side",
@@ -44,6 +45,14 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
         counts = Counter(f.name if image_ending(f) else f.suffix or f.name for f in disc.ignored)
         lines.append(f"Ignored    {len(disc.ignored)} file(s) that are neither channel nor label: "
                      + ", ".join(f"{k} x{n}" for k, n in counts.most_common(6)))
+    if disc.hidden:
+        apple = sum(1 for f in disc.hidden if f.name.startswith("._"))
+        lines.append(f"Hidden     {len(disc.hidden)} hidden file(s) ignored"
+                     + (f" ({apple} macOS ._* copies)" if apple else "") + ", e.g. " + disc.hidden[0].name)
+    if disc.to_predict:
+        folder = disc.to_predict[0].parent
+        lines.append(f"To predict {len(disc.to_predict)} scan(s) in {folder.name}/, not trained on: after training, "
+                     f"exe_predict.py -m output_models/{name} -i {folder} -o OUT")
     lines.append(f"Converted  {conversion.folder}: {conversion.referenced} file(s) used in place, "
                  f"{conversion.written} written (file ending {conversion.file_ending})")
     lines.append(f"Checked    in {checked.seconds:.1f} s")

@@ -39,8 +39,8 @@ def channel_keys(stems: list[str], case_name: str) -> list[str]:
     if len(stems) == 1:
         return [""]
     parts = [_remove_case_name(s, case_name) for s in stems]
-    prefix = _common_affix(parts, reverse=False)
-    suffix = _common_affix(parts, reverse=True)
+    prefix = common_affix(parts, reverse=False)
+    suffix = common_affix(parts, reverse=True)
     keys = [p[len(prefix): len(p) - len(suffix)].strip(_SEPARATORS) for p in parts]
     return [k or p.strip(_SEPARATORS) for k, p in zip(keys, parts)]
 
@@ -55,7 +55,7 @@ def _remove_case_name(stem: str, case_name: str) -> str:
     return (stem[:found.start()] + "_" + stem[found.end():]).strip(_SEPARATORS)
 
 
-def _common_affix(strings: list[str], reverse: bool) -> str:
+def common_affix(strings: list[str], reverse: bool) -> str:
     """The longest prefix (or suffix) shared by all strings that ends (starts) at a separator."""
     seqs = [s[::-1] if reverse else s for s in strings]
     common = seqs[0]
@@ -75,7 +75,7 @@ def resolve_channels(keys: list[str], wanted: list[str] | None, image_type: list
 
     ``wanted`` is ``--channels`` (selects and orders by name); ``image_type`` is ``-i`` split at commas:
     one type (``MRI``, ``CT``) or one name per channel. ``declared`` is an nnU-Net dataset.json's
-    ``channel_names``. The names matter: nnU-Net picks its normalisation from them (``CT`` -> CT scheme).
+    ``channel_names`` by position. The names matter: nnU-Net picks its normalisation from them (``CT`` -> CT scheme).
     Raises :class:`InputError` naming what was found when the flags do not fit the files.
     """
     from medseg_auto.errors import InputError
@@ -86,9 +86,11 @@ def resolve_channels(keys: list[str], wanted: list[str] | None, image_type: list
         for w in wanted:
             match = [k for k in keys if same_channel(k, w)]
             if not match:
-                raise InputError(f"--channels: no channel '{w}' in the files; channels found: {found}")
+                raise InputError(f"--channels: no channel '{w}' in the files; channels found: {found or 'none'}")
             ordered.append(match[0])
         keys = ordered
+    if not keys:  # no case was found: discovery's problems say why, -i cannot be checked against nothing
+        return [], []
     named = all(k and not k.isdigit() for k in keys)
     if len(image_type) > 1:
         if len(image_type) != len(keys):
@@ -106,8 +108,8 @@ def resolve_channels(keys: list[str], wanted: list[str] | None, image_type: list
             keys = order
         return keys, list(image_type)
     kind = image_type[0] if image_type else "MRI"
-    if declared and not wanted:
-        return keys, [str(declared.get(str(int(k)), kind)) for k in keys]
+    if declared and not wanted and all(k.isdigit() for k in keys):
+        return keys, [str(declared.get(int(k), kind)) for k in keys]
     if kind.upper() == "CT":
         return keys, ["CT"] * len(keys)
     if len(keys) == 1:

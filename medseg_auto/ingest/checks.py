@@ -23,7 +23,7 @@ CV_FOLDS = 5             # nnU-Net's cross-validation splits
 def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
     """Problems of single files: unreadable, 4D, vector labels, NaN/Inf, non-integral labels."""
     out = []
-    files = [(f, False) for f in case.channels.values()] + ([(case.label, True)] if case.label else [])
+    files = [(f, False) for f in case.files()] + ([(case.label, True)] if case.label else [])
     for path, is_label in files:
         info: FileInfo = infos[path]
         where = rel(path)
@@ -31,9 +31,13 @@ def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
             out.append(Problem(case.name, where, f"cannot read the file: {info.error}",
                                "re-export or replace the file (is it complete, and really this format?)"))
             continue
-        if info.ndim > 3:
-            out.append(Problem(case.name, where, f"a {info.ndim}D image (shape {info.shape}); one file per "
-                               "channel is expected", "split the last dimension into one 3D file per channel"))
+        if info.volumes is not None and (is_label or not case.volumes):
+            out.append(Problem(case.name, where, f"a 4D {'label' if is_label else 'image'} ({info.volumes} volumes "
+                               f"of shape {info.shape}); one 3D file per channel is expected",
+                               "split the last dimension into one 3D file per channel (or use the Decathlon "
+                               "form: imagesTr/ + labelsTr/ with a dataset.json naming the channels)"))
+        elif not is_label and case.volumes:
+            out += _volume_problems(case, info, where)
         if info.components > 1 and not info.grey_rgb and is_label:
             out.append(Problem(case.name, where, f"a colour ({info.components}-component) label",
                                "save the mask as a single-channel (greyscale) image"))
@@ -57,9 +61,21 @@ def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
     return out
 
 
+def _volume_problems(case: SourceCase, info: FileInfo, where: str) -> list[Problem]:
+    """A Decathlon image holds one volume per declared channel (a single channel may be a 3D file)."""
+    wanted = len(case.volumes)
+    held = info.volumes if info.volumes is not None else 1
+    if held == wanted:
+        return []
+    names = ", ".join(k or "image" for k in case.volumes)
+    return [Problem(case.name, where, f"holds {held} volume(s) where dataset.json's \"modality\" names {wanted} "
+                    f"channel(s) ({names})", "give every case one volume per channel, in modality's order, or "
+                    "fix \"modality\" in dataset.json")]
+
+
 def check_geometry(case: SourceCase, infos: dict, rel) -> list[Problem]:
     """Shape, spacing, origin and direction equal (within tolerance) between channels and label."""
-    files = list(case.channels.values()) + ([case.label] if case.label else [])
+    files = case.files() + ([case.label] if case.label else [])
     readable = [f for f in files if not infos[f].error]
     if len(readable) < 2:
         return []

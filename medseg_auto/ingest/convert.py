@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, image_ending,
-                                        is_planar, read_image)
+                                        is_planar, read_image, read_volume)
 from medseg_auto.ingest.labels import LabelPlan
 from medseg_auto.ingest.layout import SourceCase
 from medseg_auto.ingest.scan import FileInfo
@@ -79,6 +79,10 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
                 outs = [folder / "imagesTr" / f"{case.name}_{len(images) + i:04d}{ending}" for i in range(3)]
                 jobs.append((_write_split_rgb, src, outs))
                 images += outs
+            elif infos[src].volumes is not None:  # a 4D (Decathlon) image: this channel's volume, as 3D
+                out = folder / "imagesTr" / f"{case.name}_{len(images):04d}{ending}"
+                jobs.append((_write_volume, src, case.volumes.get(key, 0), out))
+                images.append(out)
             elif _usable_as_is(src, infos[src], ending):
                 images.append(src.resolve())
             else:
@@ -141,6 +145,18 @@ def _write_image(src: Path, out: Path) -> None:
         import SimpleITK as sitk
 
         sitk.WriteImage(sitk.ReadImage(str(src)), str(out), useCompression=True)
+
+
+def _write_volume(src: Path, index: int, out: Path) -> None:
+    """One volume of a 4D file, written as a 3D image on the same grid."""
+    import SimpleITK as sitk
+
+    volume = read_volume(src, index)
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    sitk.WriteImage(image, str(out), useCompression=True)
 
 
 def _write_split_rgb(src: Path, outs: list[Path]) -> None:

@@ -133,6 +133,26 @@ def read_image(path: Path) -> ImageData:
     )
 
 
+def spatial_part(image: ImageData | ImageHeader) -> ImageHeader:
+    """The 3D grid of a 4D image's volumes: ITK's fourth axis (numpy's first) dropped from its geometry."""
+    direction = np.asarray(image.direction, dtype=float).reshape(4, 4)[:3, :3]
+    return ImageHeader(tuple(image.spacing[:3]), tuple(image.origin[:3]), tuple(float(v) for v in direction.ravel()),
+                       image.components, shape=tuple(image.shape[1:]))
+
+
+def read_volume(path: Path, index: int) -> ImageData:
+    """Volume ``index`` of a 4D file as a 3D image on its grid (index 0 of a 3D file is the file itself)."""
+    image = read_image(path)
+    if image.ndim != 4:
+        if index == 0:
+            return image
+        raise ValueError(f"a {image.ndim}D image has no volume {index}")
+    if not 0 <= index < image.shape[0]:
+        raise ValueError(f"the 4D image holds {image.shape[0]} volume(s), not volume {index}")
+    grid = spatial_part(image)
+    return ImageData(grid.spacing, grid.origin, grid.direction, image.components, array=image.array[index])
+
+
 def _read_nifti(path: Path) -> ImageData | None:
     """A scalar 3D NIfTI file read with nibabel, its geometry in ITK's (LPS) terms; None where only ITK
     can say what nnU-Net will see (qform and sform disagree, not 3D, vector pixels).

@@ -181,7 +181,9 @@ def _plan_regions(foreground: list[int], regions: list[tuple[str, list[int]]]) -
 
 
 def _plan_declared(declared: dict) -> LabelPlan:
-    """The labels of an nnU-Net raw dataset.json, taken as they are."""
+    """The labels a dataset.json declares (already checked by :mod:`.dataset_json`, in nnU-Net's form
+    name -> value): regions as they are, label values made consecutive where they are not (nnU-Net's rule;
+    the Decathlon's and nnU-Net's own sets already are)."""
     names, regions = {}, []
     for name, value in declared.get("labels", {}).items():
         if isinstance(value, (list, tuple)):
@@ -192,7 +194,7 @@ def _plan_declared(declared: dict) -> LabelPlan:
         values = sorted(set().union(*(set(v) for _, v in regions)))
         return LabelPlan({0: 0, **{v: v for v in values}}, {v: f"label_{v}" for v in values},
                          regions, declared.get("regions_class_order"))
-    return LabelPlan({0: 0, **{v: v for v in names}}, names)
+    return _consecutive(sorted(names), [names[v] for v in sorted(names)])
 
 
 def _check_values(plan: LabelPlan, values: dict[str, set[int]], files: dict[str, str]) -> None:

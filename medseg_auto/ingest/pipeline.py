@@ -66,14 +66,21 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
     """Discover and check every case; raise :class:`DataProblems` unless the data can be used."""
     start = time.perf_counter()
     disc = discover(options.dataset_dir, options.label_pattern, options.ending, options.channels)
-    declared = disc.dataset_json or {}
-    keys, names = resolve_channels(disc.channel_keys, options.channels, options.image_type,
-                                   declared.get("channel_names") or declared.get("modality"))
+    meta = disc.dataset_json
+    # nnU-Net raw names its channels by position (_0000); the Decathlon's keys are already its names.
+    declared = dict(enumerate(meta.channels)) if meta and meta.channels and disc.layout == "nnunet_raw" else None
+    keys, names = resolve_channels(disc.channel_keys, options.channels, options.image_type, declared)
     problems = list(disc.problems)
+    if not keys:
+        problems.append(Problem(DATASET, relative_name(disc.root, disc.root.parent), "no case with both an image "
+                                "and a label was found", "see the rows above; input_train/README.md shows the "
+                                "layouts"))
+        raise DataProblems(problems, set())
     # Cases missing a selected channel were reported by discovery; only complete cases are read.
     cases = [c for c in disc.cases if c.label is not None and all(k in c.channels for k in keys)]
-    cases = [SourceCase(c.name, {k: c.channels[k] for k in keys}, c.label) for c in cases]
-    files = [(f, False) for c in cases for f in c.channels.values()] + [(c.label, True) for c in cases]
+    cases = [SourceCase(c.name, {k: c.channels[k] for k in keys}, c.label,
+                        {k: c.volumes[k] for k in keys if k in c.volumes}) for c in cases]
+    files = list(dict.fromkeys([(f, False) for c in cases for f in c.files()] + [(c.label, True) for c in cases]))
     infos = scan_files(files, progress=options.progress)
     rel = lambda f: relative_name(f, disc.root)  # noqa: E731 - a short local helper
     for case in cases:
@@ -87,7 +94,7 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
         return {int(v) for v in info.values}
 
     values = {c.name: v for c in cases if (v := label_values(c)) is not None}
-    plan = plan_labels(values, options.labels, declared if disc.layout == "nnunet_raw" and declared else None,
+    plan = plan_labels(values, options.labels, _declared_labels(disc, options.labels),
                        {c.name: rel(c.label) for c in cases})
     problems += plan.problems
     bad = invalid_cases(problems)
@@ -101,6 +108,17 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
     dims = {infos[f].ndim for c in usable for f in c.channels.values()}
     return CheckedDataset(disc, infos, usable, sorted(bad), keys, names, plan, dims == {2}, problems,
                           time.perf_counter() - start)
+
+
+def _declared_labels(disc: Discovery, request: LabelRequest) -> dict | None:
+    """The labels a dataset.json declares, in nnU-Net's form: always for nnU-Net raw; for the Decathlon
+    unless ``-l``, ``--regions`` or ``--merge-labels`` asks for others."""
+    meta = disc.dataset_json
+    if meta is None or not meta.labels:
+        return None
+    if meta.is_decathlon and (request.names or request.regions or request.merge):
+        return None
+    return {"labels": meta.labels, "regions_class_order": meta.regions_class_order}
 
 
 def convert(checked: CheckedDataset, workspace: Workspace, progress: bool = True) -> Conversion:

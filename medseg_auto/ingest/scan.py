@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_auto.ingest.formats import read_image
+from medseg_auto.ingest.formats import read_image, spatial_part
 
 # A label map with more distinct values than this is almost surely an image or a lossy (JPEG) mask.
 MAX_LABEL_VALUES = 64
@@ -37,6 +37,7 @@ class FileInfo:
     nonfinite: int = 0
     values: tuple[float, ...] | None = None  # distinct values (labels only); None if too many
     n_values: int = 0
+    volumes: int | None = None  # a 4D file: how many 3D volumes it holds (the geometry above is theirs)
 
 
 def scan_files(files: list[tuple[Path, bool]], workers: int | None = None, progress: bool = True) -> dict[Path, FileInfo]:
@@ -58,8 +59,11 @@ def scan_file(path: Path, is_label: bool) -> FileInfo:
     except Exception as e:  # any reader failure is the user's file, reported, not raised
         info.error = reader_message(e)
         return info
-    info.ndim, info.shape = image.ndim, image.shape
-    info.spacing, info.origin, info.direction = image.spacing, image.origin, image.direction
+    geometry = image
+    if image.ndim == 4:  # checked and converted as its volumes (the Decathlon's channels), all on one grid
+        info.volumes, geometry = image.shape[0], spatial_part(image)
+    info.ndim, info.shape = geometry.ndim, geometry.shape
+    info.spacing, info.origin, info.direction = geometry.spacing, geometry.origin, geometry.direction
     info.components, info.dtype = image.components, str(image.array.dtype)
     array = image.array
     if image.components > 1:

@@ -17,7 +17,7 @@ import numpy as np
 
 from medseg_auto.errors import InputError
 from medseg_auto.export import CHECKPOINT
-from medseg_auto.ingest.formats import read_image
+from medseg_auto.ingest.formats import read_image, read_volume
 from medseg_auto.ingest.problems import Problem
 from medseg_auto.predict.bundle import Bundle
 from medseg_auto.predict.scans import Scan
@@ -71,9 +71,9 @@ def read_scan(scan: Scan, bundle: Bundle) -> ScanImage:
     on colour); raises :class:`CaseError` for pixels nnU-Net must not see (NaN, unreadable)."""
     arrays = []
     spacing: tuple[float, ...] = ()
-    for f, channel in zip(scan.files, bundle.channels):
+    for i, (f, channel) in enumerate(zip(scan.files, bundle.channels)):
         try:
-            image = read_image(f)
+            image = read_volume(f, scan.volumes[i]) if scan.volumes else read_image(f)
         except Exception as e:  # the user's file, reported with the case
             from medseg_auto.ingest.scan import reader_message
 

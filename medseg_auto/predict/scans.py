@@ -18,7 +18,8 @@ from pathlib import Path
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import channel_keys, same_channel
 from medseg_auto.ingest.checks import geometry_differences
-from medseg_auto.ingest.formats import ImageHeader, image_ending, read_header, stem
+from medseg_auto.ingest.dataset_json import read_dataset_json
+from medseg_auto.ingest.formats import VOLUME_ENDINGS, ImageHeader, image_ending, read_header, spatial_part, stem
 from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, NNUNET_CHANNEL, is_aux_mask, is_label_name,
                                       label_case_name, list_image_files, list_subdirs, relative_name)
 from medseg_auto.ingest.scan import reader_message
@@ -36,6 +37,7 @@ class Scan:
     name: str
     files: list[Path]
     header: ImageHeader | None = None
+    volumes: list[int] | None = None  # a 4D file (the Decathlon's): the volume of each model channel
 
     @property
     def ending(self) -> str:
@@ -133,6 +135,8 @@ def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChanne
         return
     groups: dict[str, list[Path]] = {}
     for f in files:
+        if _four_d(found, stem(f), f, channels):
+            continue
         case = _case_of(stem(f), channels)
         if case is None:
             found.problems.append(Problem(stem(f), f.name, f"cannot tell which channel this file is (the model "
@@ -174,6 +178,8 @@ def _assign(found: FoundScans, case: str, files: list[Path], channels: list[Mode
                                           f"({channels[0].display})", "keep one image per scan (or pick a file "
                                           "type with -e)"))
         return
+    if len(files) == 1 and _four_d(found, case, files[0], channels):
+        return
     keys = channel_keys([stem(f) for f in files], case)
     by_name = {}
     for channel in channels:
@@ -196,6 +202,44 @@ def _assign(found: FoundScans, case: str, files: list[Path], channels: list[Mode
     found.problems.append(Problem(case, str(where.name) + "/", what, "give one file per channel, named by "
                                   "channel as in training (e.g. " + ", ".join(f"{case}_{c.display}" for c in channels)
                                   + "), or numbered in the model's order (_0000, _0001, ...)"))
+
+
+def _four_d(found: FoundScans, case: str, f: Path, channels: list[ModelChannel]) -> bool:
+    """A 4D file holding the scan's channels as volumes (the Decathlon's form) becomes one scan. Volumes are
+    matched to the model's channels by the names of a Decathlon dataset.json beside or above the folder,
+    else by position when their number is the model's."""
+    if image_ending(f) not in VOLUME_ENDINGS:
+        return False
+    try:
+        header = read_header(f)
+    except Exception:  # unreadable: reported with the scan's other problems later
+        return False
+    if header.ndim != 4:
+        return False
+    n = header.shape[0]
+    declared = _declared_channels(found.root)
+    order = [next((i for i, d in enumerate(declared) if same_channel(d, c.key) or same_channel(d, c.display)), None)
+             for c in channels] if declared and len(declared) == n else []
+    if order and None not in order:
+        found.scans.append(Scan(case, [f] * len(channels), volumes=order))
+    elif n == len(channels):
+        found.scans.append(Scan(case, [f] * len(channels), volumes=list(range(n))))
+    else:
+        found.problems.append(Problem(case, f.name, f"a 4D image of {n} volume(s) for a model of {len(channels)} "
+                                      f"channels ({_names(channels)})", "give one volume per channel, in the "
+                                      "training data's order, or one 3D file per channel named by channel"))
+    return True
+
+
+def _declared_channels(folder: Path) -> list[str]:
+    """The ``modality`` names of a Decathlon dataset.json in ``folder`` or its parent (``imagesTs/``'s)."""
+    for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
+        if candidate.is_file():
+            try:
+                return read_dataset_json(candidate).channels
+            except InputError:  # a broken dataset.json does not stop prediction: volumes go by position
+                return []
+    return []
 
 
 def _single_case_name(f: Path, files: list[Path]) -> str:
@@ -221,6 +265,8 @@ def _check_headers(found: FoundScans, bundle: Bundle) -> None:
                                               "re-export or replace the file (is it complete, and really this "
                                               "format?)"))
                 continue
+            if scan.volumes is not None and header.ndim == 4:
+                header = spatial_part(header)
             if header.ndim != want:
                 kind = "2D image" if header.ndim == 2 else f"{header.ndim}D volume"
                 found.problems.append(Problem(scan.name, where, f"a {kind} (shape {header.shape}) for a model "
