@@ -10,7 +10,8 @@ from medseg_auto.errors import InputError
 
 
 def select_device(name: str):
-    """``auto`` -> CUDA when available, else CPU; CPU gets every core for torch's own threads."""
+    """``auto`` -> CUDA when available, else CPU; CPU gets every core for torch's own threads, CUDA cuDNN's
+    benchmark mode."""
     import torch
 
     if name == "auto":
@@ -19,6 +20,9 @@ def select_device(name: str):
         raise InputError("--device cuda: no CUDA GPU is visible to torch; use --device cpu or auto")
     if name == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
+    elif name == "cuda":  # as nnU-Net's own entry points: cuDNN picks the fastest kernels for the fixed patch
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.deterministic = False
     return torch.device(name)
 
 

@@ -62,6 +62,19 @@ def choose_configuration(requested: str, is_2d: bool, plans: dict) -> str:
     return requested
 
 
+# nnU-Net's own caps on its worker processes (the defaults of its plan-and-preprocess command): each worker
+# holds whole cases, and full-resolution CT volumes fill a server's memory long before 64 cores are busy.
+FINGERPRINT_PROCESSES = 8
+PREPROCESS_PROCESSES = {"3d_fullres": 4}  # other configurations (2d, low resolution): 8
+
+
+def preprocessing_processes(configuration: str | None, available: int) -> int:
+    """Worker processes for the fingerprint (``configuration`` None) or one configuration's preprocessing:
+    the ``available`` cores, at most nnU-Net's cap."""
+    cap = FINGERPRINT_PROCESSES if configuration is None else PREPROCESS_PROCESSES.get(configuration, 8)
+    return max(1, min(available, cap))
+
+
 def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, processes: int,
                         pretrained=None, width: float = 1.0) -> PlanResult:
     """Fingerprint, plan, then preprocess only the configuration that will be trained, its network's
@@ -81,8 +94,8 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
         _phase("fingerprint: reading every case for intensities, spacings and shapes")
         t = time.monotonic()
         with _quiet():
-            extract_fingerprints([workspace.dataset_id], num_processes=processes, verbose=False,
-                                 show_progress_bar=sys.stderr.isatty())
+            extract_fingerprints([workspace.dataset_id], num_processes=preprocessing_processes(None, processes),
+                                 verbose=False, show_progress_bar=sys.stderr.isatty())
         seconds["fingerprint"] = time.monotonic() - t
         t = time.monotonic()
         with _quiet():
@@ -105,7 +118,8 @@ def plan_and_preprocess(workspace: Workspace, requested: str, is_2d: bool, proce
 
 def preprocess_configuration(workspace: Workspace, plans: dict, configuration: str, processes: int) -> float:
     """nnU-Net's preprocessing of one configuration of ``plans`` (written to the plans file first, since
-    nnU-Net reads it from there); skipped when already done. Returns the seconds it took."""
+    nnU-Net reads it from there) with up to ``processes`` workers; skipped when already done. Returns the
+    seconds it took."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
 
     base = workspace.preprocessed / workspace.nnunet_name
@@ -119,7 +133,8 @@ def preprocess_configuration(workspace: Workspace, plans: dict, configuration: s
     t = time.monotonic()
     with _quiet():
         preprocess([workspace.dataset_id], plans_identifier=PLANS_IDENTIFIER, configurations=[configuration],
-                   num_processes=[processes], verbose=False, show_progress_bar=sys.stderr.isatty())
+                   num_processes=[preprocessing_processes(configuration, processes)], verbose=False,
+                   show_progress_bar=sys.stderr.isatty())
     done_marker.touch()
     return time.monotonic() - t
 

@@ -39,3 +39,11 @@ def test_a_trainer_built_on_a_cpu_does_not_print_nnunets_device_line(capsys, tmp
 
 def test_the_cpu_is_described_with_its_threads():
     assert describe_device(torch.device("cpu")) == f"CPU, {torch.get_num_threads()} torch thread(s)"
+
+
+def test_cuda_gets_cudnn_benchmark_mode_as_in_nnunets_entry_points(monkeypatch):
+    from medseg_auto.device import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert select_device("cuda").type == "cuda" and torch.backends.cudnn.benchmark is True

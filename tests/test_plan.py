@@ -96,3 +96,26 @@ def test_a_large_3d_patch_on_a_cpu_points_to_lowres(device, requested, patch, hi
     assert (hint is not None) == hinted
     if hinted:
         assert "160x160x96" in hint and "-c 3d_lowres" in hint
+
+
+def test_preprocessing_workers_are_capped_as_nnunet_caps_them(tmp_path, monkeypatch):
+    """A 64-core server runs 4 workers on full-resolution data and 8 elsewhere, as nnU-Net's own command does
+    (each worker holds whole volumes); a small machine uses every core."""
+    from nnunetv2.experiment_planning import plan_and_preprocess_api
+
+    from medseg_auto.plan import preprocess_configuration, preprocessing_processes
+    from medseg_auto.workspace import Workspace
+
+    assert preprocessing_processes(None, 64) == 8 and preprocessing_processes("3d_fullres", 64) == 4
+    assert preprocessing_processes("2d", 64) == 8 and preprocessing_processes("3d_roi", 64) == 8
+    assert preprocessing_processes("3d_fullres", 2) == 2 and preprocessing_processes(None, 1) == 1
+    seen = []
+    monkeypatch.setattr(plan_and_preprocess_api, "preprocess", lambda ids, **kw: seen.append(kw["num_processes"]))
+    (tmp_path / "data").mkdir()
+    workspace = Workspace.create(tmp_path / "work", "caps", tmp_path / "data")
+    plans = _plans()
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.0, 1.0, 1.0]
+    (workspace.preprocessed / workspace.nnunet_name).mkdir(parents=True)
+    (workspace.preprocessed / workspace.nnunet_name / "nnUNetPlans.json").write_text(json.dumps(plans))
+    preprocess_configuration(workspace, plans, "3d_fullres", 64)
+    assert seen == [[4]]
