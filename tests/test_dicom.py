@@ -188,8 +188,9 @@ def test_two_series_in_one_folder_are_listed_and_picked_by_flag(tmp_path):
     with pytest.raises(dicom.DicomError) as e:
         read_image(tmp_path / "mixed")
     message = str(e.value)
-    assert "2 DICOM series" in message and "1.2.826.0.1.3680043.8.498.1 ('T1 AX'" in message
-    assert "'T2 COR'" in message and "--series" in message and f"{hippocampus_image(a).GetSize()[2]} slice(s)" in message
+    slices = hippocampus_image(a).GetSize()[2]
+    assert "2 DICOM series" in message and f"'T1 AX' ({slices} slice(s), UID 1.2.826.0.1.3680043.8.498.1)" in message
+    assert "'T2 COR'" in message and "--series" in message
     dicom.choose_series("t2 cor")
     assert_same(read_image(tmp_path / "mixed"), hippocampus_image(b))
     dicom.choose_series("1.2.826.0.1.3680043.8.498.1")
@@ -237,7 +238,7 @@ def write_seg_nrrd(label: sitk.Image, path: Path) -> None:
 
 def dicom_hippocampus(root: Path, cases: list[str]) -> dict[str, sitk.Image]:
     """A paired dataset: ``images/CASE/`` one DICOM series per case (real pixels, float cases stored with a
-    rescale slope of 0.1), labels as NIfTI, DICOM-SEG and Slicer ``.seg.nrrd`` in turn. Returns each case's
+    rescale slope of 0.25), labels as NIfTI, DICOM-SEG and Slicer ``.seg.nrrd`` in turn. Returns each case's
     source image."""
     from medseg_auto.predict.dicom_seg import write_dicom_seg
 
@@ -245,7 +246,7 @@ def dicom_hippocampus(root: Path, cases: list[str]) -> dict[str, sitk.Image]:
     sources = {}
     for i, case in enumerate(cases):
         image, label = hippocampus_image(case), hippocampus_image(case, label=True)
-        slope = 1.0 if image.GetPixelID() == sitk.sitkUInt8 else 0.1
+        slope = 1.0 if image.GetPixelID() == sitk.sitkUInt8 else 0.25
         write_series(image, root / "images" / case, seed=i, slope=slope)
         sources[case] = (image, slope)
         kind = ("nifti", "seg", "nrrd")[i % 3]
@@ -263,17 +264,22 @@ def dicom_hippocampus(root: Path, cases: list[str]) -> dict[str, sitk.Image]:
 def test_paired_dicom_dataset_checks_and_converts_voxel_exact(project, train_cli):
     from conftest import read_record, tree_digest, verify_with_nnunet
 
-    cases = [f"hippocampus_{n:03d}" for n in (1, 3, 7, 8, 17, 19, 14)]
+    cases = [f"hippocampus_{n:03d}" for n in (1, 3, 7, 8, 17, 19, 23, 14)]
     root = project / "input_train" / "hdcm"
     sources = dicom_hippocampus(root, cases)
     tilted = "hippocampus_014"  # this one's series is rewritten with a gantry tilt
     for f in (root / "images" / tilted).iterdir():
         f.unlink()
-    write_series(sources[tilted][0], root / "images" / tilted, slope=0.1, tilt=0.3)
+    write_series(sources[tilted][0], root / "images" / tilted, slope=0.25, tilt=0.3)
     shifted = cases[0]  # and this one's NIfTI label lies 2 mm off its series' grid
     label = hippocampus_image(shifted, label=True)
     label.SetOrigin(tuple(np.array(label.GetOrigin()) + (0, 2, 0)))
     sitk.WriteImage(label, str(root / "labels" / f"{shifted}.nii.gz"))
+    mixed = "hippocampus_020"  # and this one's folder holds a second series, with a structured report
+    write_series(hippocampus_image(mixed), root / "images" / mixed, description="T1 AX", slope=0.25)
+    write_series(hippocampus_image(mixed), root / "images" / mixed, description="T1 AX repeat", slope=0.25, seed=9)
+    sitk.WriteImage(hippocampus_image(mixed, label=True), str(root / "labels" / f"{mixed}.nii.gz"))
+    write_sr(root / "images" / cases[2] / "report")
     before = tree_digest(root)
 
     code, out, err = train_cli("-d", "hdcm", "-l", "anterior,posterior", "--check")
@@ -282,6 +288,10 @@ def test_paired_dicom_dataset_checks_and_converts_voxel_exact(project, train_cli
     assert "16.7" in tilt_row and f"images/{tilted}" in tilt_row
     grid_row = next(line for line in err.splitlines() if shifted in line and "geometry differs" in line)
     assert "origin" in grid_row
+    mixed_row = next(line for line in err.splitlines() if mixed in line and "2 DICOM series" in line)
+    assert "'T1 AX repeat'" in mixed_row and "--series" in mixed_row
+    sr_row = next(line for line in err.splitlines() if cases[2] in line and "ERROR" in line)
+    assert "report in the series folder" in sr_row and "structured report" in sr_row
     assert tree_digest(root) == before
 
     code, out, err = train_cli("-d", "hdcm", "-l", "anterior,posterior", "--check", "--skip-invalid")
@@ -293,7 +303,7 @@ def test_paired_dicom_dataset_checks_and_converts_voxel_exact(project, train_cli
     import json
 
     listing = json.loads((raw / "dataset.json").read_text())["dataset"]
-    assert sorted(listing) == sorted(set(cases) - {tilted, shifted})
+    assert sorted(listing) == sorted(set(cases) - {tilted, shifted, cases[2]})
     for case, files in listing.items():
         image, slope = sources[case]
         written = sitk.ReadImage(files["images"][0])
@@ -325,3 +335,75 @@ def test_per_case_dicom_series_folders_are_channels(project, train_cli):
 
     channels = json.loads((raw / "dataset.json").read_text())["channel_names"]
     assert sorted(channels.values()) == ["FLAIR", "T1c"]
+
+
+# --- prediction: series in, NIfTI and DICOM-SEG out ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hippo_bundle(trained) -> Path:
+    project, done, _, _ = trained
+    assert done.returncode == 0, done.stderr[-3000:]
+    return project / "output_models" / "hippo"
+
+
+def _predict(capsys, *args) -> tuple[int, str]:
+    from medseg_auto.cli.predict import main as predict_main
+
+    code = predict_main([str(a) for a in args] + ["--quiet"])
+    return code, capsys.readouterr().err
+
+
+def test_prediction_on_series_matches_the_nifti_scans_and_writes_dicom_seg(hippo_bundle, tmp_path, capsys):
+    import highdicom as hd
+
+    cases = uint8_cases(6)[-2:]
+    (tmp_path / "nifti").mkdir()
+    for i, case in enumerate(cases):
+        image = hippocampus_image(case) if i == 0 else rotated(hippocampus_image(case), (10, 0, -5))
+        write_series(image, tmp_path / "series" / case, seed=i)
+        sitk.WriteImage(image, str(tmp_path / "nifti" / f"{case}.nii.gz"))
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "nifti", "-o", tmp_path / "ref", "--fast")
+    assert code == 0, err
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "series", "-o", tmp_path / "out", "--fast")
+    assert code == 0, err
+    for case in cases:  # a folder of series folders: NIfTI label maps in each series' geometry
+        ours, ref = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")), sitk.ReadImage(str(tmp_path / "ref" / f"{case}.nii.gz"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
+        assert set(np.unique(sitk.GetArrayFromImage(ref))) == {0, 1, 2}
+        for a, b in ((ours.GetOrigin(), ref.GetOrigin()), (ours.GetSpacing(), ref.GetSpacing()),
+                     (ours.GetDirection(), ref.GetDirection())):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+    series = tmp_path / "series" / cases[1]  # one series folder as -i, a DICOM-SEG out
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", series, "-o", tmp_path / "seg", "--fast",
+                         "--output-format", "dicom-seg")
+    assert code == 0, err
+    seg = hd.seg.segread(tmp_path / "seg" / f"{cases[1]}.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anterior", "posterior"]
+    grid = dicom.read_series_geometry(series)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == grid.uid
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ref" / f"{cases[1]}.nii.gz")))
+    back = seg.get_pixels_by_source_instance([s.sop_instance_uid for s in grid.slices], combine_segments=True)
+    np.testing.assert_array_equal(back, expected)  # highdicom, onto the series' slices
+    np.testing.assert_array_equal(read_image(tmp_path / "seg" / f"{cases[1]}.dcm").array, expected)  # ours
+
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "nifti", "-o", tmp_path / "bad",
+                         "--output-format", "dicom-seg")
+    assert code == 2 and "is not a DICOM series" in err and not (tmp_path / "bad").exists()
+
+
+def test_prediction_refuses_mixed_series_and_non_image_dicom(hippo_bundle, tmp_path, capsys):
+    a, b = uint8_cases(2)
+    write_series(hippocampus_image(a), tmp_path / "scans" / "mixed", description="T1 AX")
+    write_series(hippocampus_image(b), tmp_path / "scans" / "mixed", description="T2 COR", seed=3)
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "scans", "-o", tmp_path / "out")
+    assert code == 2 and "Traceback" not in err
+    assert "2 DICOM series in one folder" in err and "'T2 COR'" in err and "--series" in err
+    assert not (tmp_path / "out").exists()
+    write_dicomdir(tmp_path / "DICOMDIR")
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "DICOMDIR", "-o", tmp_path / "out")
+    assert code == 2 and "DICOMDIR: a DICOMDIR (an index of a DICOM medium, not an image)" in err
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "scans", "-o", tmp_path / "out",
+                         "--series", "T2 COR", "--fast")
+    assert code == 0, err
+    assert (tmp_path / "out" / "mixed.nii.gz").is_file()

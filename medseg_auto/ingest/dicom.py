@@ -133,6 +133,19 @@ def _is_image(ds) -> bool:
             and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds)
 
 
+def describe_dicom_file(path: Path) -> str:
+    """What a DICOM file holds, for a message about a file given where a series was expected."""
+    try:
+        ds = _read_header(path)
+    except Exception as e:
+        return f"not a readable DICOM file ({_first_line(e)})"
+    if _is_image(ds):
+        return "a single DICOM slice (a series is read from its folder)"
+    if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+        return "a DICOM-SEG (a segmentation, not a scan)"
+    return _what_it_is(path, ds)
+
+
 def _what_it_is(path: Path, ds) -> str:
     """Which kind of DICOM object a file holds, for messages (``a DICOMDIR``, ``Basic Text SR Storage``)."""
     from pydicom.uid import UID
@@ -180,7 +193,7 @@ def list_series(folder: Path) -> dict[str, list[Slice]]:
 
 def series_listing(by_uid: dict[str, list[Slice]]) -> str:
     """One line per series: UID, description and slice count."""
-    return "; ".join(f"{uid} ('{s[0].description}', {len(s)} slice(s))" for uid, s in sorted(by_uid.items()))
+    return "; ".join(f"'{s[0].description}' ({len(s)} slice(s), UID {uid})" for uid, s in sorted(by_uid.items()))
 
 
 def pick_series(folder: Path, by_uid: dict[str, list[Slice]], choice: str | None) -> str:
@@ -192,11 +205,9 @@ def pick_series(folder: Path, by_uid: dict[str, list[Slice]], choice: str | None
     hits = [u for u, s in by_uid.items() if choice and (choice == u or choice.lower() == s[0].description.lower())]
     if len(hits) == 1:
         return hits[0]
-    what = f"{len(by_uid)} DICOM series in one folder: {series_listing(by_uid)}"
-    if choice:
-        what += f"; {SERIES_FLAG} '{choice}' names {'several' if hits else 'none'} of them"
-    raise DicomError(f"{what}. Pick one with {SERIES_FLAG} UID or {SERIES_FLAG} 'DESCRIPTION', or move each "
-                     f"series into a folder of its own")
+    named = f" ({SERIES_FLAG} '{choice}' names {'several' if hits else 'none'} of them)" if choice else ""
+    raise DicomError(f"{len(by_uid)} DICOM series in one folder{named}; pick one with {SERIES_FLAG} 'DESCRIPTION' "
+                     f"or {SERIES_FLAG} UID, or move each into a folder of its own: {series_listing(by_uid)}")
 
 
 def order_series(folder: Path, slices: list[Slice]) -> Series:
