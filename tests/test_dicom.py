@@ -369,7 +369,6 @@ def test_prediction_on_series_matches_the_nifti_scans_and_writes_dicom_seg(hippo
     for case in cases:  # a folder of series folders: NIfTI label maps in each series' geometry
         ours, ref = sitk.ReadImage(str(tmp_path / "out" / f"{case}.nii.gz")), sitk.ReadImage(str(tmp_path / "ref" / f"{case}.nii.gz"))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(ref))
-        assert set(np.unique(sitk.GetArrayFromImage(ref))) == {0, 1, 2}
         for a, b in ((ours.GetOrigin(), ref.GetOrigin()), (ours.GetSpacing(), ref.GetSpacing()),
                      (ours.GetDirection(), ref.GetDirection())):
             np.testing.assert_allclose(a, b, atol=1e-4)
@@ -384,7 +383,7 @@ def test_prediction_on_series_matches_the_nifti_scans_and_writes_dicom_seg(hippo
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == grid.uid
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ref" / f"{cases[1]}.nii.gz")))
     back = seg.get_pixels_by_source_instance([s.sop_instance_uid for s in grid.slices], combine_segments=True)
-    np.testing.assert_array_equal(back, expected)  # highdicom, onto the series' slices
+    np.testing.assert_array_equal(back, expected)  # highdicom, onto the series' slices (real labels: paired test)
     np.testing.assert_array_equal(read_image(tmp_path / "seg" / f"{cases[1]}.dcm").array, expected)  # ours
 
     code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "nifti", "-o", tmp_path / "bad",

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write CASE_probabilities.npz (per class, float16)")
     p.add_argument("--labels-dir", type=Path, help="reference labels: also write metrics.csv (Dice, HD95)")
+    p.add_argument("--output-format", choices=("auto", "dicom-seg"), default="auto", help="auto: each scan's own "
+                   "format (NIfTI for a DICOM series; default); dicom-seg: a DICOM-SEG per DICOM series, referencing it")
+    p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
+                   "holds several (its SeriesInstanceUID or SeriesDescription)")
     p.add_argument("--preview", action="store_true", help="also preview/NAME.png per scan (the segmentation over "
                    "three orthogonal slices through its largest structure; 2D: the image) and preview/index.html")
     p.add_argument("-e", dest="ending", help="only read files with this ending when a folder holds several types")
@@ -63,6 +67,17 @@ def parse_options(argv: list[str] | None = None):
         folds = [f.strip() for f in args.folds.split(",") if f.strip()]
         if not folds or any(not (f.isdigit() or f in ("all", "full")) for f in folds):
             raise InputError(f"--folds {args.folds}: give fold numbers separated by commas (e.g. 0,2) or full")
+    from medseg_auto.ingest.dicom import choose_series
+    from medseg_auto.predict.outputs import use_dicom_seg
+
+    choose_series(args.series)
+    if args.output_format == "dicom-seg":
+        from medseg_auto.predict.bundle import open_bundle
+        from medseg_auto.predict.dicom_seg import model_segments
+
+        use_dicom_seg(model_segments(open_bundle(args.model, folds)))
+    else:
+        use_dicom_seg(None)
     settings = Settings(mirroring=not (args.no_tta or args.fast), step_size=step,
                         probabilities=args.save_probabilities)
     return PredictOptions(model=args.model, scans=args.scans, output=args.output, folds=folds, device=args.device,

@@ -20,12 +20,26 @@ from medseg_auto.predict.bundle import LabelClass
 from medseg_auto.predict.scans import Scan
 
 VOLUMES_CSV = "volumes.csv"
+OUTPUT_FORMATS = ("auto", "dicom-seg")
 METRICS_CSV = "metrics.csv"
 _LOSSY = (".jpg", ".jpeg", ".gif")
 
 
+# ``--output-format dicom-seg``: the model's segments, (name, label values), while DICOM-SEG is asked for.
+_dicom_seg_segments: list[tuple[str, tuple[int, ...]]] | None = None
+
+
+def use_dicom_seg(segments: list[tuple[str, tuple[int, ...]]] | None) -> None:
+    """Write DICOM series scans as DICOM-SEG with these segments (None: as NIfTI, the default)."""
+    global _dicom_seg_segments
+    _dicom_seg_segments = segments
+
+
 def output_file(folder: Path, scan: Scan) -> Path:
-    """``OUT/<scan><ending>``: the scan's own file type, PNG for lossy 2D types."""
+    """``OUT/<scan><ending>``: the scan's own file type, PNG for lossy 2D types; for a DICOM series NIfTI,
+    or a DICOM-SEG (``.dcm``) with ``--output-format dicom-seg``."""
+    if scan.files[0].is_dir():
+        return folder / f"{scan.name}{'.dcm' if _dicom_seg_segments is not None else '.nii.gz'}"
     ending = scan.ending
     return folder / f"{scan.name}{'.png' if ending in _LOSSY else ending}"
 
@@ -33,6 +47,10 @@ def output_file(folder: Path, scan: Scan) -> Path:
 def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: bool) -> list[Path]:
     """The output files, after refusing (exit 2, nothing written) an output folder that holds results
     (unless ``overwrite``), that is the input folder or inside it, or a name that is an input file."""
+    if _dicom_seg_segments is not None and not all(s.files[0].is_dir() for s in scans):
+        other = next(s for s in scans if not s.files[0].is_dir())
+        raise InputError(f"--output-format dicom-seg: {other.name} ({other.files[0].name}) is not a DICOM series; a "
+                         f"DICOM-SEG references the series it segments. Leave out --output-format for other scans.")
     folder = folder.resolve()
     root = inputs.resolve()
     if inputs.is_dir() and (folder == root or root in folder.parents):
@@ -58,6 +76,14 @@ def write_segmentation(segmentation: np.ndarray, path: Path, scan: Scan) -> Path
     """Write ``segmentation`` (the scan's numpy-order shape) in the scan's format and geometry; returns
     the path written (PNG where the scan's 2D type cannot hold labels)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if scan.files[0].is_dir():  # a DICOM series: NIfTI in its geometry, or a DICOM-SEG referencing it
+        if image_ending(path) == ".dcm":
+            from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+            _atomic(path, lambda tmp: write_dicom_seg(segmentation, tmp, scan.files[0], _dicom_seg_segments))
+        else:
+            _atomic(path, lambda tmp: _write_itk(segmentation, tmp, scan.header))
+        return path
     if is_planar(path):
         return _write_planar(segmentation.reshape(scan.header.shape), path)
     ending = image_ending(path)

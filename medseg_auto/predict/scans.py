@@ -18,6 +18,8 @@ from pathlib import Path
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import channel_keys, same_channel
 from medseg_auto.ingest.checks import geometry_differences
+from medseg_auto.ingest.dicom import describe_dicom_file, is_dicom_file, is_series_folder
+from medseg_auto.ingest.formats import DICOM_ENDINGS
 from medseg_auto.ingest.dataset_json import read_dataset_json
 from medseg_auto.ingest.formats import VOLUME_ENDINGS, ImageHeader, image_ending, read_header, spatial_part, stem
 from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, NNUNET_CHANNEL, is_aux_mask, is_label_name,
@@ -27,6 +29,9 @@ from medseg_auto.ingest.problems import DATASET, Problem, format_table
 from medseg_auto.predict.bundle import Bundle, ModelChannel
 
 _SEP = re.compile(r"[_\-. ]")
+# A scan's own folder holds its channels and perhaps a label and a few masks; more files than this beyond
+# the model's channels make it a folder of many scans (or of masks), which -i must name itself.
+CASE_FOLDER_EXTRA = 6
 
 
 @dataclass
@@ -70,9 +75,19 @@ def find_scans(path: Path, bundle: Bundle, ending: str | None = None) -> FoundSc
     channels = bundle.channels
     if ending is not None:
         ending = ending if ending.startswith(".") else "." + ending
-    if path.is_file():
+    if is_series_folder(path):  # one DICOM series: one scan, named after its folder
+        if len(channels) > 1:
+            raise InputError(f"-i {path}: one DICOM series for a model of {len(channels)} channels "
+                             f"({_names(channels)}); give a folder holding one series folder per channel, named "
+                             f"by channel (e.g. case/{channels[0].display}/).")
+        found = FoundScans(path.parent, [Scan(path.name, [path])])
+    elif path.is_file():
+        if image_ending(path) is None and is_dicom_file(path):
+            raise InputError(f"-i {path}: {describe_dicom_file(path)}. Give -i a DICOM series folder (one "
+                             f"series, one file per slice) or a folder of series folders.")
         if image_ending(path) is None:
-            raise InputError(f"-i {path}: not an image file we read (NIfTI, NRRD, MHA/MHD, PNG, TIF, BMP, JPG).")
+            raise InputError(f"-i {path}: not an image file we read (NIfTI, NRRD, MHA/MHD, PNG, TIF, BMP, JPG, "
+                             f"a DICOM series folder).")
         found = FoundScans(path.parent, [])
         if len(channels) == 1:
             found.scans.append(Scan(_single_case_name(path, [path]), [path]))
@@ -111,9 +126,15 @@ def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | No
         files = [f for f in files if not _not_a_scan(f)]
         _group_flat(found, files, channels)
         return found
-    for case_dir in list_subdirs(folder):
-        if case_dir.name.lower() in LABEL_DIRS:
-            continue
+    case_dirs = [d for d in list_subdirs(folder) if d.name.lower() not in LABEL_DIRS]
+    crowded = [d for d in case_dirs if len(list_image_files(d, ending)) > len(channels) + CASE_FOLDER_EXTRA]
+    if crowded:  # folders of scans or of masks (manual/, mask/ ...), not one scan's folder: never guess which
+        listing = ", ".join(f"{d.name}/ ({len(list_image_files(d, ending))} files)" for d in crowded)
+        found.problems.append(Problem(DATASET, listing, "folders holding many image files each: a folder of "
+                                      "scans beside folders of masks or labels, not one folder per scan",
+                                      f"point -i at the folder of scans itself, e.g. -i {crowded[0]}"))
+        return found
+    for case_dir in case_dirs:
         case_files = list_image_files(case_dir, ending)
         found.ignored += [f for f in case_files if _not_a_scan(f)]
         case_files = [f for f in case_files if not _not_a_scan(f)]
@@ -123,7 +144,8 @@ def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | No
 
 
 def _not_a_scan(f: Path) -> bool:
-    return is_label_name(stem(f)) or is_aux_mask(stem(f))
+    """Labels, auxiliary masks and single DICOM files (a DICOM-SEG; a series is a folder) are no scans."""
+    return is_label_name(stem(f)) or is_aux_mask(stem(f)) or image_ending(f) in DICOM_ENDINGS
 
 
 def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChannel]) -> None:
