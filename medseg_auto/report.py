@@ -11,7 +11,8 @@ import numpy as np
 
 from medseg_auto.ingest import CheckedDataset
 from medseg_auto.ingest.convert import Conversion
-from medseg_auto.ingest.formats import image_ending
+from medseg_auto.ingest.formats import image_ending, stem
+from medseg_auto.ingest.layout import LABEL_DIRS
 from medseg_auto.trainers.augmentation import DESCRIPTIONS
 
 LAYOUTS = {
@@ -31,7 +32,7 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
     spacings = np.array([i.spacing for i in infos])
     lines = [
         f"Dataset    {name}  ({disc.root})",
-        f"Layout     {LAYOUTS[disc.layout]}",
+        f"Layout     {LAYOUTS[disc.layout]}" + (f", labels from {disc.label_dir.name}/" if _label_dir_news(disc) else ""),
         f"Cases      {len(checked.cases)} usable" + (f", {len(checked.skipped)} skipped" if checked.skipped else ""),
         f"Channels   {len(conversion.channel_names)}: " + ", ".join(
             f"{i}={n}" + (f" (files '{k}')" if k and k != n else "")
@@ -45,6 +46,16 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
         counts = Counter(f.name if image_ending(f) else f.suffix or f.name for f in disc.ignored)
         lines.append(f"Ignored    {len(disc.ignored)} file(s) that are neither channel nor label: "
                      + ", ".join(f"{k} x{n}" for k, n in counts.most_common(6)))
+    renamed = [(c.files()[0], c.label) for c in checked.cases
+               if disc.layout == "paired" and len(c.channels) == 1 and stem(c.files()[0]) != stem(c.label)]
+    if renamed:
+        how = "by the id their names share" if disc.pairs_by_id else "by name"
+        shown = ", ".join(f"{i.name} + {lab.name}" for i, lab in renamed[:3])
+        lines.append(f"Paired     {len(renamed)} image(s) with a label named otherwise, {how}: {shown}"
+                     + (" ..." if len(renamed) > 3 else ""))
+    if disc.unused_dirs:
+        lines.append("Not used   " + ", ".join(f"{d.name}/ ({sum(1 for f in d.iterdir() if f.is_file())} files)"
+                                               for d in disc.unused_dirs) + " (--labels-dir names another label folder)")
     if disc.hidden:
         apple = sum(1 for f in disc.hidden if f.name.startswith("._"))
         lines.append(f"Hidden     {len(disc.hidden)} hidden file(s) ignored"
@@ -57,6 +68,11 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
                  f"{conversion.written} written (file ending {conversion.file_ending})")
     lines.append(f"Checked    in {checked.seconds:.1f} s")
     return "\n".join(lines)
+
+
+def _label_dir_news(disc) -> bool:
+    """The label folder is worth naming: an unusual name, or other folders beside it were not used."""
+    return disc.label_dir is not None and (disc.label_dir.name.lower() not in LABEL_DIRS or bool(disc.unused_dirs))
 
 
 def _file_keys(checked: CheckedDataset, conversion: Conversion) -> list[str]:

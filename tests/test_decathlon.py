@@ -176,7 +176,7 @@ def test_brats_4d_trains_and_predicts_imagests(tmp_path):
     as in training and a 3D label map written in its geometry."""
     project = tmp_path / "project"
     make_msd_brats(project / "input_train" / "brats4d", tmp_path, n=4, n_test=2)
-    done = subprocess.run(train_command(project, "brats4d", "-c", "3d_fullres", minutes=1.5, folds="full"),
+    done = subprocess.run(train_command(project, "brats4d", "-c", "3d_fullres", minutes=3, folds="full"),
                           capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     bundle = project / "output_models" / "brats4d"
@@ -191,3 +191,22 @@ def test_brats_4d_trains_and_predicts_imagests(tmp_path):
         assert seg.shape == scan.shape[:3]
         assert np.allclose(seg.affine, scan.affine)
         assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_hippocampus_decathlon_trains_and_predicts_imagests(tmp_path):
+    """The 3D one-channel task end to end in the Decathlon form (the paired form's bundle already predicts
+    a Decathlon imagesTs/ above): training from imagesTr/ + labelsTr/ with ._* files, imagesTs/ predicted."""
+    project = tmp_path / "project"
+    task = make_msd_hippocampus(project / "input_train" / "Task04", n=10, n_test=2)
+    done = subprocess.run(train_command(project, "Task04", minutes=3, folds="0"), capture_output=True, text=True,
+                          timeout=600, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((project / "output_models" / "Task04" / "medseg_auto.json").read_text())
+    assert manifest["labels"]["names"] == {"1": "Anterior", "2": "Posterior"}
+    code, err = _predict("-m", project / "output_models" / "Task04", "-i", task / "imagesTs", "-o", tmp_path / "out",
+                         "--fast")
+    assert code == 0, err
+    for f in sorted((task / "imagesTs").glob("h*.nii.gz")):
+        seg = sitk.ReadImage(str(tmp_path / "out" / f.name))
+        assert seg.GetSize() == sitk.ReadImage(str(f)).GetSize()

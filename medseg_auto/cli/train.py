@@ -14,7 +14,6 @@ from medseg_auto.errors import InputError, MedsegError
 from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
 from medseg_auto.ingest.dicom import choose_series
-from medseg_auto.ingest.dicom import choose_series
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
@@ -52,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'*OTMultiClass*')")
     p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
                    "holds several (its SeriesInstanceUID or SeriesDescription, e.g. 'T1 AX')")
-    p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
-                   "holds several (its SeriesInstanceUID or SeriesDescription, e.g. 'T1 AX')")
+    p.add_argument("--labels-dir", metavar="FOLDER", help="the folder holding the labels where several folders "
+                   "beside the images could (e.g. --labels-dir manual); a subfolder of the dataset or a path")
     p.add_argument("--regions", help="BraTS-style regions from label values, largest first: "
                    "\"WT=1,2,3,4;TC=1,3,4;ET=4\"")
     p.add_argument("--merge-labels", action="store_true", help="merge all foreground values into the one label "
@@ -171,7 +170,6 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     if args.lr is not None and not 0.0 < args.lr <= 1.0:
         raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
     choose_series(args.series)
-    choose_series(args.series)
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -182,7 +180,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         dataset_dir=dataset_dir, labels=request,
         image_type=[t.strip() for t in args.image_type.split(",") if t.strip()],
         channels=[c.strip() for c in args.channels.split(",")] if args.channels else None,
-        label_pattern=args.label_pattern, ending=args.ending, folds=folds, skip_invalid=args.skip_invalid)
+        label_pattern=args.label_pattern, ending=args.ending, folds=folds, skip_invalid=args.skip_invalid,
+        labels_dir=args.labels_dir)
     resume_argv = [a for a in argv if a not in ("--restart", "--dry-run", "--check")]
     run = RunOptions(
         name=name, ingest=options, minutes=args.minutes, folds=folds, configuration=args.configuration,

@@ -60,15 +60,20 @@ def colour_channels(cases: list[SourceCase], infos: dict[Path, FileInfo], keys: 
 
 
 def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, FileInfo], keys: list[str],
-                    names: list[str], plan: LabelPlan, is_2d: bool, progress: bool = True) -> Conversion:
-    """Write ``dataset.json`` (and the files that need a change) into the empty raw folder ``folder``."""
+                    names: list[str], plan: LabelPlan, is_2d: bool, progress: bool = True,
+                    colour_names: dict[str, list[str]] | None = None) -> Conversion:
+    """Write ``dataset.json`` (and the files that need a change) into the empty raw folder ``folder``.
+    ``colour_names`` names the three channels of a colour key (``-i R,G,B``); else NAME_R, NAME_G, NAME_B."""
     from tqdm import tqdm
 
     ending = choose_file_ending([f for c in cases for f in c.channels.values()], is_2d)
     colour = colour_channels(cases, infos, keys)
     channel_names = []
     for key, name in zip(keys, names):
-        channel_names += [f"{name}_{c}" for c in RGB] if key in colour else [name]
+        if key in colour:
+            channel_names += (colour_names or {}).get(key) or [f"{name}_{c}" for c in RGB]
+        else:
+            channel_names.append(name)
     conv = Conversion(folder, ending, channel_names, colour)
     jobs = []
     for case in cases:

@@ -16,7 +16,8 @@ from medseg_auto.errors import InputError
 from medseg_auto.ingest.formats import read_image
 
 SAMPLE = 6            # masks read per candidate folder for its statistics
-FIELD_OF_VIEW = 0.5   # a mean foreground share above this looks like a field-of-view (or ROI) mask
+FIELD_OF_VIEW = 0.5   # masks covering more than this share of each image ...
+SAME_REGION = 0.9     # ... with this overlap (IoU) between images look like a field-of-view (or ROI) mask
 
 
 @dataclass
@@ -28,10 +29,13 @@ class FolderStats:
     values: list[float]
     too_many_values: bool
     foreground: float | None  # mean share of non-zero pixels over the masks read; None if none was readable
+    overlap: float | None = None  # mean IoU of the masks read with the first of them (same shape only)
 
     @property
     def looks_like_field_of_view(self) -> bool:
-        return self.foreground is not None and self.foreground > FIELD_OF_VIEW
+        """Covers most of each image, and the same region in each: a field of view, not a structure."""
+        return (self.foreground is not None and self.foreground > FIELD_OF_VIEW
+                and (self.overlap is None or self.overlap > SAME_REGION))
 
     def describe(self) -> str:
         values = ("more than 10 values (an image, not a mask?)" if self.too_many_values
@@ -40,7 +44,7 @@ class FolderStats:
         if self.foreground is not None:
             text += f", foreground {100 * self.foreground:.0f}% of each image"
         if self.looks_like_field_of_view:
-            text += " (looks like a field-of-view mask)"
+            text += " (the same region in every image: looks like a field-of-view mask)"
         return text
 
 
@@ -49,7 +53,7 @@ def folder_stats(folder: Path, files: list[Path]) -> FolderStats:
     report them once a folder is chosen)."""
     picks = [files[i] for i in sorted({round(i) for i in np.linspace(0, len(files) - 1, min(SAMPLE, len(files)))})]
     values: set[float] = set()
-    shares = []
+    shares, masks = [], []
     for f in picks:
         try:
             array = read_image(f).array
@@ -59,8 +63,12 @@ def folder_stats(folder: Path, files: list[Path]) -> FolderStats:
             array = array[..., 0]
         values.update(float(v) for v in np.unique(array)[:11])
         shares.append(float(np.count_nonzero(array)) / max(1, array.size))
+        masks.append(array != 0)
+    same = [m for m in masks[1:] if m.shape == masks[0].shape]
+    overlap = float(np.mean([np.count_nonzero(m & masks[0]) / max(1, np.count_nonzero(m | masks[0]))
+                             for m in same])) if same else None
     return FolderStats(folder, len(files), sorted(values)[:10], len(values) > 10,
-                       float(np.mean(shares)) if shares else None)
+                       float(np.mean(shares)) if shares else None, overlap)
 
 
 def refuse_several(images: Path, candidates: list[tuple[Path, list[Path]]], root: Path) -> InputError:

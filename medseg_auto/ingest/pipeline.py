@@ -12,7 +12,7 @@ from pathlib import Path
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import resolve_channels
 from medseg_auto.ingest.checks import check_case_count, check_consistency, check_files, check_geometry
-from medseg_auto.ingest.convert import Conversion, convert_dataset
+from medseg_auto.ingest.convert import Conversion, colour_channels, convert_dataset
 from medseg_auto.ingest.labels import LabelPlan, LabelRequest, plan_labels
 from medseg_auto.ingest.layout import Discovery, SourceCase, discover, relative_name
 from medseg_auto.ingest.problems import DATASET, Problem, format_table, invalid_cases
@@ -40,6 +40,7 @@ class IngestOptions:
     image_type: list[str] = field(default_factory=lambda: ["MRI"])
     channels: list[str] | None = None
     label_pattern: str | None = None
+    labels_dir: str | None = None  # --labels-dir: the label folder where several could hold the labels
     ending: str | None = None
     folds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     skip_invalid: bool = False
@@ -60,16 +61,21 @@ class CheckedDataset:
     is_2d: bool
     problems: list[Problem]  # warnings, and the errors of skipped cases
     seconds: float
+    colour_names: dict[str, list[str]] = field(default_factory=dict)  # -i R,G,B: names of a colour key's channels
 
 
 def check_dataset(options: IngestOptions) -> CheckedDataset:
     """Discover and check every case; raise :class:`DataProblems` unless the data can be used."""
     start = time.perf_counter()
-    disc = discover(options.dataset_dir, options.label_pattern, options.ending, options.channels)
+    disc = discover(options.dataset_dir, options.label_pattern, options.ending, options.channels,
+                    options.labels_dir)
     meta = disc.dataset_json
     # nnU-Net raw names its channels by position (_0000); the Decathlon's keys are already its names.
     declared = dict(enumerate(meta.channels)) if meta and meta.channels and disc.layout == "nnunet_raw" else None
-    keys, names = resolve_channels(disc.channel_keys, options.channels, options.image_type, declared)
+    image_type = options.image_type
+    if len(image_type) > 1 and disc.channel_keys and len(image_type) > len(disc.channel_keys):
+        image_type = ["MRI"]  # perhaps one name per colour channel: decided once the files are read
+    keys, names = resolve_channels(disc.channel_keys, options.channels, image_type, declared)
     problems = list(disc.problems)
     if not keys:
         problems.append(Problem(DATASET, relative_name(disc.root, disc.root.parent), "no case with both an image "
@@ -83,6 +89,9 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
     files = list(dict.fromkeys([(f, False) for c in cases for f in c.files()] + [(c.label, True) for c in cases]))
     infos = scan_files(files, progress=options.progress)
     rel = lambda f: relative_name(f, disc.root)  # noqa: E731 - a short local helper
+    colour_names = _colour_names(cases, infos, keys, options) if image_type is not options.image_type else {}
+    if colour_names:
+        names = [colour_names.get(k, [n])[0] for k, n in zip(keys, names)]
     for case in cases:
         problems += check_files(case, infos, rel) + check_geometry(case, infos, rel)
     problems += check_consistency(cases, infos, rel)
@@ -107,7 +116,23 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
         raise DataProblems(problems, set())
     dims = {infos[f].ndim for c in usable for f in c.channels.values()}
     return CheckedDataset(disc, infos, usable, sorted(bad), keys, names, plan, dims == {2}, problems,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, colour_names)
+
+
+def _colour_names(cases: list[SourceCase], infos: dict[Path, FileInfo], keys: list[str],
+                  options: IngestOptions) -> dict[str, list[str]]:
+    """``-i R,G,B``: one name per nnU-Net channel where colour images become three; by channel key."""
+    colour = colour_channels(cases, infos, keys)
+    wanted = options.image_type
+    if len(wanted) != len(keys) + 2 * len(colour):
+        resolve_channels(keys, None, wanted)  # raises the usual message, naming what was found
+        return {}
+    out, i = {}, 0
+    for key in keys:
+        n = 3 if key in colour else 1
+        out[key] = list(wanted[i:i + n])
+        i += n
+    return out
 
 
 def _declared_labels(disc: Discovery, request: LabelRequest) -> dict | None:
@@ -125,4 +150,4 @@ def convert(checked: CheckedDataset, workspace: Workspace, progress: bool = True
     """Write the checked dataset to nnU-Net raw in the work folder."""
     folder = workspace.reset_raw()
     return convert_dataset(folder, checked.cases, checked.infos, checked.channel_keys, checked.channel_names,
-                           checked.labels, checked.is_2d, progress)
+                           checked.labels, checked.is_2d, progress, checked.colour_names)
