@@ -17,7 +17,7 @@ from medseg_auto.predict.bundle import Bundle
 from medseg_auto.predict.preview import write_index, write_preview
 from medseg_auto.reporting.views import centre_of_structure
 
-GREEN = np.array([0x00, 0xD2, 0x5B])  # figures.REFERENCE_COLOUR
+GREEN = np.array([0x00, 0xD2, 0x5B])  # pictures.REFERENCE_COLOUR
 
 
 def _green_pixels(png: Path) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_auto.reporting import figures, write_report
+from medseg_auto.reporting import figures, pictures, write_report
 from medseg_auto.reporting.views import cut, planes, read_volume
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -122,6 +122,16 @@ def test_page_shows_the_cards_numbers(tmp_path, monkeypatch):
     assert "case_bad" in page and "min 35 x 48 x 30, median" in page  # skipped case; sizes (x, y, z) from nnU-Net
 
 
+def test_charts_keep_matplotlibs_default_style_whatever_the_process_set():
+    """nnU-Net's progress plot sets seaborn's font scale 2.5 for the whole training process before export."""
+    import matplotlib
+
+    before = figures.timeline([("plan", 60.0), ("fold 0", 200.0)], 300.0)
+    with matplotlib.rc_context({"font.size": 40, "axes.facecolor": "#eaeaf2"}):
+        assert figures.timeline([("plan", 60.0), ("fold 0", 200.0)], 300.0) == before
+        assert matplotlib.rcParams["font.size"] == 40  # and the process's own settings are left as they were
+
+
 def test_an_older_card_renders_and_says_what_it_lacks(tmp_path):
     """A card from before curves, HD95, phases and per-case scores were recorded: nnU-Net's progress.png
     stands in for the curves and every missing part is named."""
@@ -212,7 +222,7 @@ def test_overlays_stay_on_the_anatomy_whatever_the_direction_cosines(tmp_path):
 
     # and the pictures themselves are the same, pixel for pixel
     classes = [("anterior", (1,)), ("posterior", (2,))]
-    pngs = {n: figures.overlays([figures.OverlayCase("case", img, seg, seg, classes)])
+    pngs = {n: pictures.overlays([pictures.OverlayCase("case", img, seg, seg, classes)])
             for n, (img, seg) in shown.items()}
     assert pngs["plain"] == pngs["flipped"] == pngs["turned"]
 

@@ -30,7 +30,7 @@ class Preview:
 def write_preview(folder: Path, bundle: Bundle, name: str, image: Path, segmentation: Path,
                   reference: Path | None = None) -> Preview:
     """``folder/NAME.png`` for one scan's written segmentation (dataset values, the scan's geometry)."""
-    from medseg_auto.reporting.figures import OverlayCase, segmentation as draw
+    from medseg_auto.reporting.pictures import OverlayCase, segmentation as draw
     from medseg_auto.reporting.views import Volume, read_volume
 
     scan = read_volume(image)

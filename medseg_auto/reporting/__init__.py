@@ -1,6 +1,7 @@
 """The report of a model: ``report.html`` in its bundle, rendered from the model card and the bundle's
-files (html.py), with pictures drawn by figures.py from volumes oriented by views.py; validation.py adds
-curves and per-case scores to the card at export, overlays.py the validation cases' pictures."""
+files (html.py), with charts drawn by figures.py and slice pictures by pictures.py from volumes oriented by
+views.py; validation.py adds curves and per-case scores to the card at export, overlays.py the validation
+cases' pictures."""
 from __future__ import annotations
 
 from pathlib import Path

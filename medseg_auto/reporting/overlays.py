@@ -38,7 +38,7 @@ def ranked(cases: dict[str, dict]) -> list[tuple[str, str]]:
 
 def write_overlays(bundle: Path, card: dict, results_folder: Path) -> list[Path]:
     """One picture per fold with scored validation cases, into the bundle; returns the files written."""
-    from medseg_auto.reporting.figures import OverlayCase, overlays
+    from medseg_auto.reporting.pictures import OverlayCase, overlays
     from medseg_auto.reporting.validation import dataset_classes
 
     dataset_json = json.loads((results_folder / "dataset.json").read_text())
@@ -56,8 +56,8 @@ def write_overlays(bundle: Path, card: dict, results_folder: Path) -> list[Path]
             if case not in files or _image_file(results_folder, dataset_json, case) is None:
                 continue
             prediction, reference = files[case]
-            dice = "\n".join(f"{k} {v:.3f}" for k, v in cases[case]["dice"].items() if v is not None)
-            rows.append(OverlayCase(f"{rank}: {case}\nDice {dice}",
+            dice = "\n".join(f"  {k} {v:.3f}" for k, v in cases[case]["dice"].items() if v is not None)
+            rows.append(OverlayCase(f"{rank}\n{case}\nDice\n{dice}",
                                     read_volume(_image_file(results_folder, dataset_json, case)),
                                     read_volume(reference, label=True), read_volume(prediction, label=True),
                                     classes))
