@@ -87,13 +87,14 @@ def learning_curves(title: str, models: list[Curves]) -> bytes:
         c = model.curves
         minutes = np.asarray(c["minutes"], dtype=float) + model.offset_minutes
         prefix = f"{model.name}: " if model.name else ""
-        style = styles[k % len(styles)]
-        loss.plot(minutes, _floats(c["train_loss"]), style, color="#1f77b4", label=f"{prefix}training")
-        loss.plot(minutes, _floats(c["val_loss"]), style, color="#d62728", label=f"{prefix}validation")
+        style = styles[k % len(styles)] + ("o" if len(minutes) <= 30 else "")  # few epochs: show each one
+        loss.plot(minutes, _floats(c["train_loss"]), style, color="#1f77b4", label=f"{prefix}training", markersize=3)
+        loss.plot(minutes, _floats(c["val_loss"]), style, color="#d62728", label=f"{prefix}validation", markersize=3)
         for i, (name, values) in enumerate(c["pseudo_dice"].items()):
             dice.plot(minutes, _floats(values), style, color=FOLD_COLOURS[i % len(FOLD_COLOURS)],
-                      label=f"{prefix}{name}")
-        lr.plot(minutes, _floats(c["lr"]), style, color="#444444", label=prefix.rstrip(": ") or None)
+                      label=f"{prefix}{name}", markersize=3)
+        lr.plot(minutes, _floats(c["lr"]), style, color="#444444", label=prefix.rstrip(": ") or None,
+                markersize=3)
     loss.set_title(f"{title}: loss")
     dice.set_title("pseudo-Dice per label (validation patches)")
     dice.set_ylim(0, 1)

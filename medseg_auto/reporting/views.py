@@ -101,9 +101,13 @@ def cut(array: np.ndarray, plane: Plane) -> np.ndarray:
 
 def display_window(image: np.ndarray) -> tuple[float, float]:
     """Grey levels shown: the 0.5th to 99.5th percentile of the image, so that one bright voxel does not
-    darken the picture."""
+    darken the picture; of the voxels inside the body where a fifth or more are background at the minimum
+    (a skull-stripped brain)."""
     values = image[np.isfinite(image)]
     if values.size == 0:
         return 0.0, 1.0
+    inside = values[values > values.min()]
+    if values.size - inside.size >= 0.2 * values.size and inside.size:
+        values = inside
     lo, hi = np.percentile(values, (0.5, 99.5))
     return (float(lo), float(hi)) if hi > lo else (float(values.min()), float(values.max()) + 1e-6)
