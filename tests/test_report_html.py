@@ -132,6 +132,22 @@ def test_charts_keep_matplotlibs_default_style_whatever_the_process_set():
         assert matplotlib.rcParams["font.size"] == 40  # and the process's own settings are left as they were
 
 
+def test_cascade_curves_show_both_stages_one_after_the_other(tmp_path, monkeypatch):
+    drawn = []
+    real = figures.learning_curves
+    monkeypatch.setattr(figures, "learning_curves", lambda title, models: drawn.append(models) or real(title, models))
+    card = _card()
+    card["stages"] = [{"name": "roi", "configuration": "3d_roi", "share": 0.3}]
+    roi = {"seconds": 90.0, "epochs": 3, "iterations": 30, "batch_size": 2, "validation": "fast", "dice": {},
+           "precision": "fp32", "curves": _curves(3, 0.2)}
+    card["folds"]["0"]["stages"] = {"roi": roi}
+    page = html.unescape(write_report(_bundle(tmp_path / "b"), card).read_text())
+    first = drawn[0]
+    assert [(m.name, m.offset_minutes) for m in first] == [("roi stage", 0.0), ("segmentation stage", 1.5)]
+    assert first[0].curves == roi["curves"] and first[1].curves == card["folds"]["0"]["curves"]
+    assert "stage roi</th><td>3d_roi, 30% of each fold" in page
+
+
 def test_an_older_card_renders_and_says_what_it_lacks(tmp_path):
     """A card from before curves, HD95, phases and per-case scores were recorded: nnU-Net's progress.png
     stands in for the curves and every missing part is named."""

@@ -158,7 +158,7 @@ def _budget(card: dict) -> dict:
     if not phases:
         return {"image": None, "rows": [], "note": "The phases' times are not recorded in this model card.",
                 "budget": budget / 60, "used": used / 60}
-    export = ("export" + " + report", EXPORT_RESERVE_SECONDS + REPORT_RESERVE_SECONDS)
+    export = ("export + report", EXPORT_RESERVE_SECONDS + REPORT_RESERVE_SECONDS)
     shown = phases + [export]
     return {"image": data_uri(figures.timeline(shown, budget)),
             "rows": [(n, f"{s / 60:.2f} min" + (" (reserved)" if (n, s) == export else "")) for n, s in shown],
