@@ -152,6 +152,33 @@ def _predict(*args) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
+def test_4d_scans_are_matched_to_the_model_channels_by_modality_name(tmp_path):
+    """A 4D scan's volumes go to the model's channels by the names of the Decathlon dataset.json above
+    imagesTs/ (here in the other order than the model's), else by position; a count that fits neither is
+    named."""
+    from medseg_auto.predict.bundle import Bundle
+    from medseg_auto.predict.scans import ScanProblems, find_scans
+
+    labels = {"original_to_nnunet": {"0": 0, "1": 1}, "nnunet_to_original": {"0": 0, "1": 1},
+              "names": {"1": "tumour"}, "regions": None, "regions_class_order": None}
+    bundle = Bundle(Path("."), {"channels": {"keys": ["FLAIR", "T1c"], "nnunet_names": ["FLAIR", "T1c"],
+                                             "colour": []}, "labels": labels, "is_2d": False, "folds": ["all"]},
+                    ["all"])
+    scans = tmp_path / "Task" / "imagesTs"
+    scans.mkdir(parents=True)
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 7, 6, 2), np.float32), np.diag([2.0, 2, 3, 1])), scans / "a.nii.gz")
+    (scans / "._a.nii.gz").write_bytes(APPLE_DOUBLE)
+    found = find_scans(scans, bundle)
+    assert [(s.name, s.volumes, s.header.shape) for s in found.scans] == [("a", [0, 1], (6, 7, 8))]
+    (tmp_path / "Task" / "dataset.json").write_text(json.dumps({"modality": {"0": "t1gd", "1": "FLAIR"},
+                                                                "labels": {"0": "background", "1": "tumour"}}))
+    assert find_scans(scans, bundle).scans[0].volumes == [1, 0]  # FLAIR is volume 1, T1c (t1gd) volume 0
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 7, 6, 3), np.float32), np.eye(4)), scans / "b.nii.gz")
+    with pytest.raises(ScanProblems) as refused:
+        find_scans(scans, bundle)
+    assert "a 4D image of 3 volume(s) for a model of 2 channels (FLAIR, T1c)" in str(refused.value)
+
+
 def test_hippocampus_bundle_predicts_decathlon_imagests(trained, tmp_path):
     """The paired-form hippocampus bundle of the training tests segments a Decathlon imagesTs/ folder
     (its ._* copies are no scans): 3D label maps in each scan's geometry."""

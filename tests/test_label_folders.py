@@ -151,34 +151,30 @@ def test_rgb_images_take_one_name_per_colour_channel(project, train_cli):
     assert code == 2 and "-i names 2 channels" in err
 
 
-def test_prediction_never_takes_side_folders_masks_for_scans(membrane_bundle, tmp_path):
-    """-i on a dataset folder with images/, manual/ and mask/: the images are segmented, the masks are not;
+def test_prediction_never_takes_side_folders_masks_for_scans(tmp_path):
+    """-i on a dataset folder with images/, manual/ and mask/: the images are the scans, the masks are not;
     without a folder named like images, the folders of many files are listed and -i must name one."""
-    import io
-    from contextlib import redirect_stderr
+    from medseg_auto.predict.bundle import Bundle
+    from medseg_auto.predict.scans import ScanProblems, find_scans
 
-    from medseg_auto.cli.predict import main as predict_main
-
+    labels = {"original_to_nnunet": {"0": 0, "255": 1}, "nnunet_to_original": {"0": 0, "1": 255},
+              "names": {"1": "membrane"}, "regions": None, "regions_class_order": None}
+    bundle = Bundle(Path("."), {"channels": {"keys": [""], "nnunet_names": ["MRI"], "colour": []}, "labels": labels,
+                                "is_2d": True, "folds": ["all"]}, ["all"])
     ds = copy_membrane(tmp_path / "retina", n=3, crop=64)
     (ds / "labels").rename(ds / "manual")
     _fov_masks(ds / "images", ds / "mask")
-
-    def predict(*args) -> tuple[int, str]:
-        buffer = io.StringIO()
-        with redirect_stderr(buffer):
-            code = predict_main([str(a) for a in args] + ["--quiet"])
-        return code, buffer.getvalue()
-
-    code, err = predict("-m", membrane_bundle, "-i", ds, "-o", tmp_path / "out")
-    assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(p.name for p in (ds / "images").iterdir())
+    found = find_scans(ds, bundle)
+    assert sorted(f.parent.name + "/" + f.name for s in found.scans for f in s.files) == \
+        sorted("images/" + p.name for p in (ds / "images").iterdir())
     for f in (ds / "manual", ds / "mask"):
-        for n in range(4, 12):  # more masks than a scan's own folder holds
+        for n in range(4, 12):  # more masks than one scan's own folder holds
             shutil.copy2(next(f.iterdir()), f / f"extra{n}.png")
     (ds / "images").rename(ds / "raw_scans")
     for n in range(4, 12):
         shutil.copy2(next((ds / "raw_scans").iterdir()), ds / "raw_scans" / f"extra{n}.png")
-    code, err = predict("-m", membrane_bundle, "-i", ds, "-o", tmp_path / "out2")
-    assert code == 2, err
-    assert "manual/ (11 files)" in err and "mask/ (11 files)" in err and "raw_scans/ (11 files)" in err
-    assert "point -i at the folder of scans itself" in err and not (tmp_path / "out2").exists()
+    with pytest.raises(ScanProblems) as refused:
+        find_scans(ds, bundle)
+    (problem,) = refused.value.problems
+    assert problem.file == "manual/ (11 files), raw_scans/ (11 files)"  # mask/ is named as no scan folder
+    assert "point -i at the folder of scans itself" in problem.fix
