@@ -77,8 +77,9 @@ def test_index_lists_every_preview(tmp_path):
         image = rng.normal(size=(8, 10, 12)).astype(np.float32)
         seg = np.zeros(image.shape, np.uint8)
         seg[2:5, 3:6, 4:8] = 255
-        previews.append(write_preview(tmp_path / "preview", bundle, name, _volume(image, tmp_path / f"{name}.nii.gz", 0),
-                                      _volume(seg, tmp_path / f"{name}_seg.nii.gz", 0)))
+        scan = _volume(image, tmp_path / f"{name}.nii.gz", flip=False)
+        previews.append(write_preview(tmp_path / "preview", bundle, name, scan,
+                                      _volume(seg, tmp_path / f"{name}_seg.nii.gz", flip=False)))
     index = write_index(tmp_path / "preview", previews, tmp_path / "model", references=False).read_text()
     assert re.findall(r'<img src="([^"]+)"', index) == ["a.png", "b c.png"]
     assert "lesion 36 voxels, core 0 voxels" in index and "reference" not in index

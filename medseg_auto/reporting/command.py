@@ -17,18 +17,18 @@ def report_for_bundle(bundle: Path) -> Path:
 
     card_file = bundle / "model_card.json"
     if not bundle.is_dir():
-        raise InputError(f"--report {bundle}: no such folder. Give a model folder made by exe_train.py "
+        raise InputError(f"{bundle}: no such folder. Give a model folder made by exe_train.py "
                          f"(output_models/NAME).")
     if not card_file.is_file():
-        raise InputError(f"--report {bundle}: no model_card.json, so not a model exported by exe_train.py; "
+        raise InputError(f"{bundle}: no model_card.json, so not a model exported by exe_train.py; "
                          f"nothing was written.")
     try:
         card = json.loads(card_file.read_text())
     except ValueError as e:
-        raise InputError(f"--report {bundle}: model_card.json is not valid JSON ({e}); the model folder is "
+        raise InputError(f"{bundle}: model_card.json is not valid JSON ({e}); the model folder is "
                          f"damaged. Nothing was written.") from None
     if not isinstance(card, dict) or "folds" not in card:
-        raise InputError(f"--report {bundle}: model_card.json holds no folds; it is not a medseg_auto model "
+        raise InputError(f"{bundle}: model_card.json holds no folds; it is not a medseg_auto model "
                          f"card. Nothing was written.")
     return write_report(bundle, card)
 
