@@ -37,8 +37,8 @@ def describe_device(device) -> str:
     return f"{device.type.upper()}, {torch.get_num_threads()} torch thread(s)"
 
 
-# What nnU-Net prints about the device on its own (the trainer's constructor; the predictor its final validation
-# builds, which asks for CUDA-only work and then falls back on a CPU). The run says the device once instead.
+# What nnU-Net prints about the device on its own: the trainer's constructor, and every predictor built off
+# CUDA (it says so whatever was asked). The run says the device once instead.
 NNUNET_DEVICE_REMARKS = ("Using device: ", "perform_everything_on_device=True is only supported for cuda devices")
 
 

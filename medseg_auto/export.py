@@ -115,8 +115,11 @@ def verify_bundle(folder: Path, folds: list) -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, verbose=False,
-                                allow_tqdm=False)
+    from medseg_auto.device import without_nnunet_device_remarks
+
+    with without_nnunet_device_remarks():  # nnU-Net remarks on any predictor off CUDA
+        predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, verbose=False,
+                                    allow_tqdm=False)
     try:
         predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
                                                        checkpoint_name=CHECKPOINT)

@@ -223,7 +223,8 @@ def model_card_readme(card: dict) -> str:
         _settings_text(card.get("training_settings", {}), card["folds"], card.get("planned_batch_size")),
         f"- Budget {card['budget_minutes']:g} min, used {card['time_used_seconds'] / 60:.1f} min"
         + _stages_text(card.get("stages")) + ".",
-        f"- Cross-validation Dice (mean over folds, held-out cases): {cv}.",
+        f"- Cross-validation Dice (mean over folds, held-out cases): {cv}"
+        + (f" ({card['cross_validation_method']})" if card.get("cross_validation_method") else "") + ".",
         "",
         *rows,
         "",

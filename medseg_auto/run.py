@@ -195,7 +195,7 @@ class _Run:
                     # each stage gets its share of what the fold has left after the stages before it
                     seconds = (shares[fold] - used) * stage.share / sum(s.share for s in self.stages[i:])
                     stage_entry.update(state="training", result=self._train_stage(plan, stage, fold, seconds,
-                                                                                   device, entry, used))
+                                                                                   device, entry, used, earlier))
                     stage_entry["state"] = "done"
                 result = stage_entry["result"]
                 used += result["seconds"]
@@ -209,8 +209,10 @@ class _Run:
             shares = self._split()  # a fold that ended early leaves its time to the next ones
         return results
 
-    def _train_stage(self, plan, stage: Stage, fold, seconds: float, device, entry: dict, used: float) -> dict:
-        """One fold of one stage (the whole fold for a single-stage trainer); returns its result record."""
+    def _train_stage(self, plan, stage: Stage, fold, seconds: float, device, entry: dict, used: float,
+                     earlier: dict) -> dict:
+        """One fold of one stage (the whole fold for a single-stage trainer), after the ``earlier`` stages'
+        results on the fold; returns its result record."""
         from dataclasses import replace
 
         from medseg_auto.train import epoch_line, train_fold
@@ -229,7 +231,8 @@ class _Run:
         pretrained = self.pretrained.checkpoint if self.pretrained and not stage.name else None
         try:
             result = train_fold(self.workspace, replace(plan, configuration=stage.configuration), fold, budget,
-                                stage.trainer, device, self.stop, on_epoch, pretrained)
+                                stage.trainer, device, self.stop, on_epoch, pretrained,
+                                {name: result["folder"] for name, result in earlier.items()})
         except TrainingInterrupted as e:
             raise Interrupted(str(e)) from None
         dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"

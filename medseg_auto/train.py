@@ -110,9 +110,10 @@ def fold_folder(workspace: Workspace, trainer_class: type, configuration: str, f
 
 def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_class: type, device,
                stop: StopRequest, on_epoch: Callable | None = None,
-               pretrained: Path | None = None) -> FoldResult:
+               pretrained: Path | None = None, earlier_stages: dict[str, str] | None = None) -> FoldResult:
     """Train (or resume, or only validate) one fold inside ``budget`` (a ``FoldBudget``); a fresh fold
-    starts from the ``pretrained`` checkpoint's weights when given."""
+    starts from the ``pretrained`` checkpoint's weights when given. ``earlier_stages`` names the fold folders
+    of the models trained before this one on the fold (the cascade's ROI model, which its validation runs)."""
     from medseg_auto.trainers.time_budget import read_fold_clock
 
     workspace.activate()
@@ -123,6 +124,7 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
     plans = json.loads(json.dumps(plan.plans)) | {"continue_training": latest.is_file() or final.is_file()}
     trainer = trainer_class(plans, plan.configuration, fold, dataset_json, device)
     trainer.budget = budget
+    trainer.earlier_stage_folders = dict(earlier_stages or {})
     trainer.stop_requested = stop.event
     if on_epoch is not None:
         trainer.on_epoch_done = on_epoch

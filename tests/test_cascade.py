@@ -228,9 +228,9 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     from medseg_auto.predict.bundle import open_bundle
     from medseg_auto.predict.engine import ScanImage, Settings, case_predictor
 
-    copy_brats_crops(tmp_path / "input_train" / "brats", 4)
+    copy_brats_crops(tmp_path / "input_train" / "brats", 5)
     done = subprocess.run(train_command(tmp_path, "brats", "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4",
-                                        "--trainer", "cascade", minutes=2, folds="full"),
+                                        "--trainer", "cascade", "--keep-work", minutes=2, folds="0"),
                           capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "roi stage (3d_roi)" in done.stderr
@@ -239,7 +239,7 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     assert manifest["predictor"] == "cascade" and manifest["stages"][0]["name"] == "roi"
     roi_labels = json.loads((bundle / "roi" / "dataset.json").read_text())["labels"]
     assert roi_labels == {"background": 0, "roi": [1, 2, 3, 4]}
-    assert (bundle / "roi" / "fold_all" / "checkpoint_final.pth").is_file()
+    assert (bundle / "roi" / "fold_0" / "checkpoint_final.pth").is_file()
     roi_config = json.loads((bundle / "roi" / "plans.json").read_text())["configurations"]["3d_roi"]
     assert roi_config["medseg_auto_width"]["width"] == 0.5  # on a CPU the ROI model is narrowed as the main one
     assert "planned by nnU-Net for crops" in done.stderr
@@ -250,13 +250,28 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     assert coord["medseg_auto_width"]["width"] == 0.5 and all(p <= w for p, w in zip(coord["patch_size"],
                                                                                      whole["patch_size"]))
     card = json.loads((bundle / "model_card.json").read_text())
-    assert card["stages"][0]["share"] == 0.3 and card["folds"]["all"]["stages"]["roi"]["iterations"] > 0
-    roi_card, seg_card = card["folds"]["all"]["stages"]["roi"], card["folds"]["all"]
+    assert card["stages"][0]["share"] == 0.3 and card["folds"]["0"]["stages"]["roi"]["iterations"] > 0
+    roi_card, seg_card = card["folds"]["0"]["stages"]["roi"], card["folds"]["0"]
     assert roi_card["precision"] in ("fp32", "bf16") and seg_card["precision"] in ("fp32", "bf16")
     assert "each fold: roi model 30% (3d_roi), then this model 70%" in (bundle / "README.md").read_text()
-    # the card says which figure its Dice is: the crop model's whole-volume validation, not the cascade's
-    assert card["cross_validation_method"].startswith("the segmentation model alone")
-    assert "not the ROI -> crops -> paste-back" in (bundle / "README.md").read_text()
+    # the card's Dice is the cascade's, validated as exe_predict.py predicts: the held-out case's segmentation
+    # from the final validation is exe_predict.py's for that case with fold 0, voxel for voxel
+    assert card["cross_validation_method"].startswith("the cascade as exe_predict.py runs it")
+    assert set(card["cross_validation_dice"]) == {"WT", "TC", "ET"} and seg_card["validation"] != "skipped"
+    validation = next((tmp_path / "work" / "brats").rglob("nnUNetTrainerCascadeCoord__*/fold_0/validation"))
+    (held_out,) = [p for p in validation.glob("*.nii.gz")]
+    case_name = held_out.name.replace(".nii.gz", "")
+    assert "(ROI -> crops -> paste back)" in next(validation.parent.glob("training_log_*.txt")).read_text()
+    (tmp_path / "held_out" / case_name).mkdir(parents=True)
+    for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
+        (tmp_path / "held_out" / case_name / name).symlink_to(tmp_path / "input_train" / "brats" / case_name / name)
+    done = subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
+                           str(tmp_path / "held_out"), "-o", str(tmp_path / "again"), "--folds", "0", "--step-size",
+                           "0.5"] + (["--no-tta"] if seg_card["validation"] == "fast" else []),
+                          capture_output=True, text=True, timeout=300, env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    predicted = np.asarray(nibabel.load(tmp_path / "again" / held_out.name).dataobj)
+    assert np.array_equal(predicted, np.asarray(nibabel.load(held_out).dataobj))
 
     scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "pred"
     refs.mkdir()

@@ -31,6 +31,13 @@ class Cascade:
         self.segmentation = SlidingWindow(bundle, settings, device)
         self.fallbacks = 0  # cases where the ROI found nothing and the whole volume was segmented
 
+    @classmethod
+    def from_models(cls, roi: SlidingWindow, segmentation: SlidingWindow) -> "Cascade":
+        """The cascade of two loaded models (the trainer's final validation: the models of one fold)."""
+        self = cls.__new__(cls)
+        self.roi, self.segmentation, self.fallbacks = roi, segmentation, 0
+        return self
+
     def predict(self, image: ScanImage, progress: Callable[[float], None] | None = None) -> Prediction:
         import torch
 

@@ -7,14 +7,15 @@ A bundle names its *case predictor* (``predictor`` in ``medseg_auto.json``, set 
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
+from medseg_auto.device import without_nnunet_device_remarks
 from medseg_auto.errors import InputError
 from medseg_auto.export import CHECKPOINT
 from medseg_auto.ingest.formats import read_image, read_volume
@@ -139,14 +140,52 @@ class SlidingWindow:
     rebuilds from the plans (the checkpoint names ``nnUNetTrainer``)."""
 
     def __init__(self, bundle: Bundle, settings: Settings, device):
-        self.settings = settings
-        with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints a CUDA-only remark on a CPU
-            self.predictor = _progress_predictor_class()(
-                tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=settings.mirroring,
-                perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False)
+        self._start(settings, device)
         self.predictor.initialize_from_trained_model_folder(str(bundle.folder), use_folds=tuple(bundle.folds),
                                                             checkpoint_name=CHECKPOINT)
         self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
+
+    @classmethod
+    def from_network(cls, network, plans: dict, configuration: str, dataset_json: dict, weights: list[dict],
+                     mirroring_axes, settings: Settings, device) -> "SlidingWindow":
+        """nnU-Net's predictor on a network in memory (a trainer's, to validate as this module predicts)."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        self = cls.__new__(cls)
+        self._start(settings, device)
+        plans_manager = PlansManager(plans)
+        self.predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration(configuration),
+                                             weights, dataset_json, "nnUNetTrainer", mirroring_axes)
+        self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=False)
+        return self
+
+    @classmethod
+    def from_training_folder(cls, folder: Path, fold, settings: Settings, device) -> "SlidingWindow":
+        """nnU-Net's predictor on one fold of a trainer's output folder in the work folder (its checkpoint names
+        our trainer, which nnU-Net's own loader cannot find: the network is built from the plans, as
+        ``nnUNetTrainer`` builds it)."""
+        import torch
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        plans, dataset_json = (json.loads((folder / n).read_text()) for n in ("plans.json", "dataset.json"))
+        checkpoint = torch.load(folder / f"fold_{fold}" / CHECKPOINT, map_location="cpu", weights_only=False)
+        configuration = checkpoint["init_args"]["configuration"]
+        plans_manager = PlansManager(plans)
+        manager = plans_manager.get_configuration(configuration)
+        network = nnUNetTrainer.build_network_architecture(
+            plans_manager, manager, determine_num_input_channels(plans_manager, manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+        return cls.from_network(network, plans, configuration, dataset_json, [checkpoint["network_weights"]],
+                                checkpoint.get("inference_allowed_mirroring_axes"), settings, device)
+
+    def _start(self, settings: Settings, device) -> None:
+        self.settings = settings
+        with without_nnunet_device_remarks():
+            self.predictor = _progress_predictor_class()(
+                tile_step_size=settings.step_size, use_gaussian=True, use_mirroring=settings.mirroring,
+                perform_everything_on_device=device.type == "cuda", device=device, verbose=False, allow_tqdm=False)
 
     def preprocess(self, image: ScanImage) -> tuple[np.ndarray, dict]:
         """nnU-Net's preprocessing of a scan for this model: the array and nnU-Net's properties."""

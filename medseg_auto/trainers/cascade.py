@@ -14,8 +14,10 @@ Both are the time-budget trainer with one or two methods changed, like nnU-Net's
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -194,8 +196,9 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
     mostly on patches around the foreground (as the crops around the ROI are)."""
 
     case_predictor = "cascade"  # medseg_auto.predict.cascade
-    validation_method = ("the segmentation model alone, nnU-Net's sliding window over each whole held-out "
-                         "volume; not the ROI -> crops -> paste-back that exe_predict.py runs")
+    earlier_stage_folders: dict = {}  # stage name -> its fold folder (the ROI model's), set by the runner
+    validation_method = ("the cascade as exe_predict.py runs it: each held-out case's files, the fold's ROI "
+                         "model, crops, this model, pasted back")
     foreground_share = 0.67  # nnU-Net's oversampling: this share of each batch is centred on foreground
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -246,3 +249,43 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
     def get_training_transforms(self, *args, **kwargs):
         pipeline = super().get_training_transforms(*args, **kwargs)
         return shield_last_channels(pipeline, COORDINATE_CHANNELS)
+
+    def validate_held_out_cases(self, save_probabilities: bool = False) -> None:
+        """The held-out cases through the cascade as exe_predict.py predicts them (``medseg_auto.predict.
+        cascade``: each case's raw files, this fold's ROI model, crops with coordinates, this model, pasted
+        back), scored by nnU-Net's evaluation into ``validation/summary.json`` as its own validation is. Its
+        time is reserved by the whole-volume estimate, whose windows bound those of the crops."""
+        from nnunetv2.configuration import default_num_processes
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+        from nnunetv2.paths import nnUNet_raw
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        from medseg_auto.predict.cascade import Cascade
+        from medseg_auto.predict.engine import ScanImage, Settings, SlidingWindow
+
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        settings = Settings(mirroring=self.inference_allowed_mirroring_axes is not None)
+        network = getattr(self.network, "_orig_mod", self.network)  # torch.compile's wrapper, where compiled
+        segmentation = SlidingWindow.from_network(network, self.plans_manager.plans, self.configuration_name,
+                                                  self.dataset_json, [network.state_dict()],
+                                                  self.inference_allowed_mirroring_axes, settings, self.device)
+        roi = SlidingWindow.from_training_folder(Path(self.earlier_stage_folders["roi"]).parent, self.fold,
+                                                 settings, self.device)
+        cascade = Cascade.from_models(roi, segmentation)
+        files = get_filenames_of_train_images_and_targets(os.path.join(nnUNet_raw, self.plans_manager.dataset_name),
+                                                          self.dataset_json)
+        reader = self.plans_manager.image_reader_writer_class()
+        folder, ending = os.path.join(self.output_folder, "validation"), self.dataset_json["file_ending"]
+        os.makedirs(folder, exist_ok=True)
+        for key in self.do_split()[1]:
+            self.print_to_log_file(f"predicting {key} (ROI -> crops -> paste back)")
+            data, properties = reader.read_images(files[key]["images"])
+            prediction = cascade.predict(ScanImage(np.asarray(data, np.float32), list(properties["spacing"])))
+            reader.write_seg(prediction.segmentation, os.path.join(folder, key + ending), properties)
+        labels = self.label_manager
+        compute_metrics_on_folder(os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations"), folder,
+                                  os.path.join(folder, "summary.json"), reader, ending,
+                                  labels.foreground_regions if labels.has_regions else labels.foreground_labels,
+                                  labels.ignore_label, chill=True, num_processes=default_num_processes)
+        self.set_deep_supervision_enabled(True)

@@ -427,11 +427,15 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             self.inference_allowed_mirroring_axes = None
         try:
             with without_nnunet_device_remarks():
-                super().perform_actual_validation(save_probabilities)
+                self.validate_held_out_cases(save_probabilities)
         finally:
             self.inference_allowed_mirroring_axes = axes
         self.print_to_log_file(f"Final validation ({mode}) took {time.monotonic() - start:.0f} s "
                                f"(estimated {estimate:.0f} s).")
+
+    def validate_held_out_cases(self, save_probabilities: bool = False) -> None:
+        """The final validation itself, in the mode chosen: nnU-Net's sliding window over each held-out case."""
+        super().perform_actual_validation(save_probabilities)
 
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
         """Everything goes to nnU-Net's log file; the console gets the runner's one line per epoch."""
