@@ -237,3 +237,26 @@ def test_hippocampus_decathlon_trains_and_predicts_imagests(tmp_path):
     for f in sorted((task / "imagesTs").glob("h*.nii.gz")):
         seg = sitk.ReadImage(str(tmp_path / "out" / f.name))
         assert seg.GetSize() == sitk.ReadImage(str(f)).GetSize()
+
+
+def test_decathlon_and_paired_forms_give_nnunet_the_same_dataset(project, train_cli, tmp_path):
+    """The same hippocampus cases in the Decathlon form and in paired folders become the same nnU-Net raw
+    dataset: the same image and label files, used in place, the same channel and label values (the names
+    come from dataset.json). Training and held-out Dice at a budget therefore differ only by run noise."""
+    from conftest import copy_hippocampus
+
+    task = make_msd_hippocampus(project / "input_train" / "msd", n=6, n_test=0)
+    copy_hippocampus(project / "input_train" / "paired", n=6)
+    for name, args in (("msd", ()), ("paired", ("-l", "Anterior,Posterior"))):
+        code, out, err = train_cli("-d", name, "--check", "-f", "0", *args)
+        assert code == 0, err
+    ds = {name: json.loads((Path(read_record(project, name)["raw_dataset"]) / "dataset.json").read_text())
+          for name in ("msd", "paired")}
+    assert ds["msd"]["labels"] == ds["paired"]["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
+    assert ds["msd"]["channel_names"] == ds["paired"]["channel_names"] == {"0": "MRI"}
+    assert sorted(ds["msd"]["dataset"]) == sorted(ds["paired"]["dataset"])
+    for case, files in ds["msd"]["dataset"].items():
+        other = ds["paired"]["dataset"][case]
+        for a, b in zip(files["images"] + [files["label"]], other["images"] + [other["label"]]):
+            assert sitk.GetArrayFromImage(sitk.ReadImage(a)).tobytes() == sitk.GetArrayFromImage(sitk.ReadImage(b)).tobytes()
+    assert all(str(task) in f for c in ds["msd"]["dataset"].values() for f in c["images"])  # used in place
