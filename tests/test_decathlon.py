@@ -226,7 +226,7 @@ def test_hippocampus_decathlon_trains_and_predicts_imagests(tmp_path):
     a Decathlon imagesTs/ above): training from imagesTr/ + labelsTr/ with ._* files, imagesTs/ predicted."""
     project = tmp_path / "project"
     task = make_msd_hippocampus(project / "input_train" / "Task04", n=10, n_test=2)
-    done = subprocess.run(train_command(project, "Task04", minutes=3, folds="0"), capture_output=True, text=True,
+    done = subprocess.run(train_command(project, "Task04", minutes=4, folds="0"), capture_output=True, text=True,
                           timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((project / "output_models" / "Task04" / "medseg_auto.json").read_text())
@@ -260,3 +260,15 @@ def test_decathlon_and_paired_forms_give_nnunet_the_same_dataset(project, train_
         for a, b in zip(files["images"] + [files["label"]], other["images"] + [other["label"]]):
             assert sitk.GetArrayFromImage(sitk.ReadImage(a)).tobytes() == sitk.GetArrayFromImage(sitk.ReadImage(b)).tobytes()
     assert all(str(task) in f for c in ds["msd"]["dataset"].values() for f in c["images"])  # used in place
+
+
+def test_nnunet_v1_task_folder_with_channel_suffixes(project, train_cli):
+    """nnU-Net v1 wrote the Decathlon's dataset.json beside ``_0000`` files: its channels by suffix, named
+    by ``modality``."""
+    task = make_msd_hippocampus(project / "input_train" / "Task004", n=5, n_test=0)
+    for f in list((task / "imagesTr").glob("h*.nii.gz")):
+        f.rename(f.with_name(f.name.replace(".nii.gz", "_0000.nii.gz")))
+    code, out, err = train_cli("-d", "Task004", "--check", "-f", "0")
+    assert code == 0, err
+    assert "Medical Segmentation Decathlon" in out and "5 usable" in out and "Channels   1: 0=MRI" in out
+    assert "1 Anterior, 2 Posterior" in out
