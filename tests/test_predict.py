@@ -104,7 +104,7 @@ def test_outputs_keep_each_scans_geometry_and_format_and_metrics_agree(hippo_bun
         assert output.is_file(), f"{name}: no {output.name}"
         assert _geometry(output) == _geometry(scan), name  # shape, spacing, origin, direction: exactly
         values = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist())
-        assert values <= {0, 1, 2}, f"{name}: {values}"  # (a two-minute model may find nothing yet)
+        assert values <= {0, 1, 2}, f"{name}: {values}"  # whether it finds the hippocampus: the next test
 
     volumes = {r["case"]: r for r in csv.DictReader(open(out / "volumes.csv"))}
     thick = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "thick.nrrd")))
@@ -127,6 +127,32 @@ def test_outputs_keep_each_scans_geometry_and_format_and_metrics_agree(hippo_bun
             assert float(rows[name][f"{label}_hd95"]) == pytest.approx(hd, abs=1e-3, nan_ok=True), (name, label)
     assert float(rows["mean"]["anterior_dice"]) == pytest.approx(np.mean(dices[0::2]), abs=1e-4)
     assert "anterior" in err and "Dice" in err
+
+
+def _learned(bundle: Path) -> float:
+    """The model's last pseudo-Dice (mean over labels) from its card: how far its training got."""
+    fold = json.loads((bundle / "model_card.json").read_text())["folds"]["0"]
+    return float(np.mean([curve[-1] for curve in fold["curves"]["pseudo_dice"].values()]))
+
+
+def test_the_model_finds_the_hippocampus_in_every_geometry(hippo_bundle, tmp_path, capsys):
+    """Each scan's segmentation overlaps its reference better than either answer that needs no model (nothing,
+    or everything): the structure comes back where it is, whatever the orientation and slice spacing. Needs a
+    model that has learned: on 2 cores the 2-minute fixture's labels everything (1 epoch) or nothing (~50
+    iterations), so this runs when the model card's pseudo-Dice says it segments."""
+    pseudo_dice = _learned(hippo_bundle)
+    if pseudo_dice < 0.3:
+        pytest.skip(f"the tiny model has not learned yet (pseudo-Dice {pseudo_dice:.2f}): train it longer")
+    scans = _scans(tmp_path)
+    code, err = _predict(capsys, "-m", hippo_bundle, "-i", tmp_path / "scans", "-o", tmp_path / "out", "--fast")
+    assert code == 0, err[-3000:]
+    refs = {"plain": "plain_seg.nii.gz", "turned": "turned.nii.gz", "thick": "thick_seg.nrrd"}
+    found = {}
+    for name, ref in refs.items():
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / scans[name].name))) > 0
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "refs" / ref))) > 0
+        found[name] = (_independent_dice(pred, reference), _independent_dice(np.ones_like(reference), reference))
+    assert all(dice > everything for dice, everything in found.values()), f"(Dice, everything's): {found}"
 
 
 def test_membrane_2d_model_predicts_png_in_the_original_values(membrane_bundle, tmp_path, capsys):
