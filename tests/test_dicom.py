@@ -189,8 +189,9 @@ def test_two_series_in_one_folder_are_listed_and_picked_by_flag(tmp_path):
         read_image(tmp_path / "mixed")
     message = str(e.value)
     slices = hippocampus_image(a).GetSize()[2]
-    assert "2 DICOM series" in message and f"'T1 AX' ({slices} slice(s), UID 1.2.826.0.1.3680043.8.498.1)" in message
-    assert "'T2 COR'" in message and "--series" in message
+    assert "2 DICOM series" in message and "--series" in message
+    assert f"'T1 AX' ({slices} slices), 'T2 COR' ({hippocampus_image(b).GetSize()[2]} slices); UIDs in that order: " \
+           "1.2.826.0.1.3680043.8.498.1, 1.2.826.0.1.3680043.8.498.2" in message
     dicom.choose_series("t2 cor")
     assert_same(read_image(tmp_path / "mixed"), hippocampus_image(b))
     dicom.choose_series("1.2.826.0.1.3680043.8.498.1")
@@ -289,7 +290,7 @@ def test_paired_dicom_dataset_checks_and_converts_voxel_exact(project, train_cli
     grid_row = next(line for line in err.splitlines() if shifted in line and "geometry differs" in line)
     assert "origin" in grid_row
     mixed_row = next(line for line in err.splitlines() if mixed in line and "2 DICOM series" in line)
-    assert "'T1 AX repeat'" in mixed_row and "--series" in mixed_row
+    assert "'T1 AX' (" in mixed_row and "'T1 AX repeat' (" in mixed_row and "--series" in mixed_row
     sr_row = next(line for line in err.splitlines() if cases[2] in line and "ERROR" in line)
     assert "report in the series folder" in sr_row and "structured report" in sr_row
     assert tree_digest(root) == before
@@ -406,3 +407,16 @@ def test_prediction_refuses_mixed_series_and_non_image_dicom(hippo_bundle, tmp_p
                          "--series", "T2 COR", "--fast")
     assert code == 0, err
     assert (tmp_path / "out" / "mixed.nii.gz").is_file()
+
+
+def test_a_case_folder_holding_only_a_dicomdir_is_named_at_check(project, train_cli):
+    cases = [f"hippocampus_{n:03d}" for n in (1, 3, 7, 8, 17, 19)]
+    root = project / "input_train" / "hdir"
+    dicom_hippocampus(root, cases[:-1])
+    (root / "images" / cases[-1]).mkdir()
+    write_dicomdir(root / "images" / cases[-1] / "DICOMDIR")  # a CD's index where the slices should be
+    sitk.WriteImage(hippocampus_image(cases[-1], label=True), str(root / "labels" / f"{cases[-1]}.nii.gz"))
+    code, out, err = train_cli("-d", "hdir", "--check")
+    assert code == 2 and "Traceback" not in err
+    row = next(line for line in err.splitlines() if cases[-1] in line and "ERROR" in line)
+    assert "DICOMDIR in the series folder" in row and "not an image" in row

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +96,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def is_series_folder(folder: Path) -> bool:
-    """A folder whose DICOM files include image slices (a DICOM-SEG is a label, not a series). Reads the
-    first few DICOM headers only; records the series it sees for DICOM-SEG references."""
+    """A folder whose DICOM files include image slices, or hold no image at all (a DICOMDIR, a report: read
+    as a series, they are reported by name); a folder of DICOM-SEGs holds labels. Reads the first few DICOM
+    headers only; records the series it sees for DICOM-SEG references."""
     if not folder.is_dir():
         return False
     seen = 0
@@ -114,9 +114,9 @@ def is_series_folder(folder: Path) -> bool:
             with _lock:
                 _known_series.setdefault(str(ds.get("SeriesInstanceUID", "")), folder)
             return True
-        if seen >= 4:
+        if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS or seen >= 4:
             return False
-    return False
+    return seen > 0
 
 
 def _read_header(path: Path):
@@ -159,14 +159,17 @@ def _what_it_is(path: Path, ds) -> str:
 
 # --- series: discovery, ordering, geometry -----------------------------------------------------------
 
-def list_series(folder: Path) -> dict[str, list[Slice]]:
-    """Every image slice of ``folder`` by SeriesInstanceUID; raises for a DICOM file that holds no image."""
+def list_series(folder: Path, datasets: dict[Path, object] | None = None) -> dict[str, list[Slice]]:
+    """Every image slice of ``folder`` by SeriesInstanceUID; raises for a DICOM file that holds no image.
+    With ``datasets``, each file is read whole (pixels too: one read per file) and kept there by path."""
+    import pydicom
+
     by_uid: dict[str, list[Slice]] = {}
     for f in _files(folder):
         if not is_dicom_file(f):
             continue
         try:
-            ds = _read_header(f)
+            ds = _read_header(f) if datasets is None else pydicom.dcmread(f)
         except Exception as e:
             raise DicomError(f"{f.name}: not a readable DICOM file ({_first_line(e)}); remove or replace "
                              "it") from None
@@ -178,6 +181,8 @@ def list_series(folder: Path) -> dict[str, list[Slice]]:
                              f"only one slice per file is read: export the series as single-frame files, or "
                              f"convert it to NIfTI (e.g. with dcm2niix)")
         uid = str(ds.get("SeriesInstanceUID", ""))
+        if datasets is not None:
+            datasets[f] = ds
         by_uid.setdefault(uid, []).append(Slice(
             f, str(ds.get("SOPInstanceUID", "")), uid, str(ds.get("SeriesDescription", "") or ""),
             int(ds.Rows), int(ds.Columns), tuple(float(v) for v in ds.get("PixelSpacing", (1.0, 1.0))),
@@ -189,8 +194,11 @@ def list_series(folder: Path) -> dict[str, list[Slice]]:
 
 
 def series_listing(by_uid: dict[str, list[Slice]]) -> str:
-    """One line per series: UID, description and slice count."""
-    return "; ".join(f"'{s[0].description}' ({len(s)} slice(s), UID {uid})" for uid, s in sorted(by_uid.items()))
+    """The series by description and slice count, then their UIDs in the same order (descriptions first: a
+    message cut short still names every series)."""
+    ordered = sorted(by_uid.items(), key=lambda item: (item[1][0].description, item[0]))
+    return (", ".join(f"'{s[0].description}' ({len(s)} slices)" for _, s in ordered)
+            + "; UIDs in that order: " + ", ".join(uid for uid, _ in ordered))
 
 
 def pick_series(folder: Path, by_uid: dict[str, list[Slice]], choice: str | None) -> str:
@@ -203,8 +211,8 @@ def pick_series(folder: Path, by_uid: dict[str, list[Slice]], choice: str | None
     if len(hits) == 1:
         return hits[0]
     named = f" ({SERIES_FLAG} '{choice}' names {'several' if hits else 'none'} of them)" if choice else ""
-    raise DicomError(f"{len(by_uid)} DICOM series in one folder{named}; pick one with {SERIES_FLAG} 'DESCRIPTION' "
-                     f"or {SERIES_FLAG} UID, or move each into a folder of its own: {series_listing(by_uid)}")
+    raise DicomError(f"{len(by_uid)} DICOM series in one folder{named}, pick one with {SERIES_FLAG} DESCRIPTION "
+                     f"or UID (or give each a folder): {series_listing(by_uid)}")
 
 
 def order_series(folder: Path, slices: list[Slice]) -> Series:
@@ -248,37 +256,73 @@ def order_series(folder: Path, slices: list[Slice]) -> Series:
                   tuple(float(v) for v in direction.ravel()))
 
 
-@lru_cache(maxsize=256)
-def _series_cached(folder: Path, choice: str | None, uid: str | None, stamp: float) -> Series:
-    by_uid = list_series(folder)
-    if uid is not None:
-        if uid not in by_uid:
-            raise DicomError(f"{folder.name}/ holds no series {uid}")
-        return order_series(folder, by_uid[uid])
-    return order_series(folder, by_uid[pick_series(folder, by_uid, choice)])
+_geometry_cache: dict[tuple, Series] = {}
+
+
+def _chosen(folder: Path, by_uid: dict[str, list[Slice]], uid: str | None) -> Series:
+    if uid is not None and uid not in by_uid:
+        raise DicomError(f"{folder.name}/ holds no series {uid}")
+    series = order_series(folder, by_uid[uid if uid is not None else pick_series(folder, by_uid, _series_choice)])
+    with _lock:
+        if len(_geometry_cache) > 4096:
+            _geometry_cache.clear()
+        _geometry_cache[_cache_key(folder, uid)] = series
+    return series
+
+
+def _cache_key(folder: Path, uid: str | None) -> tuple:
+    return folder.resolve(), _series_choice, uid, folder.stat().st_mtime_ns
 
 
 def read_series_geometry(folder: Path, uid: str | None = None) -> Series:
-    """The chosen series of ``folder`` (``--series`` where several), from headers only."""
-    return _series_cached(folder.resolve(), _series_choice, uid, folder.stat().st_mtime)
+    """The chosen series of ``folder`` (``--series`` where several), from headers only (kept per folder)."""
+    with _lock:
+        cached = _geometry_cache.get(_cache_key(folder, uid))
+    return cached if cached is not None else _chosen(folder, list_series(folder), uid)
 
 
 def read_series(folder: Path) -> ImageData:
-    """The series' pixels, slices in position order, with rescale slope and intercept applied."""
-    import SimpleITK as sitk
-
-    series = read_series_geometry(folder)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(s.path) for s in series.slices])
-    reader.MetaDataDictionaryArrayUpdateOff()
-    image = reader.Execute()
-    array = sitk.GetArrayFromImage(image)
-    components = image.GetNumberOfComponentsPerPixel()
+    """The series' pixels, slices in position order, with each slice's rescale slope and intercept applied
+    (as ITK applies them). One read per file with pydicom; SimpleITK's series reader (GDCM) where pydicom
+    cannot decode the pixels (compressed transfer syntaxes without a pydicom decoder) or a pixel has
+    several samples."""
+    datasets: dict[Path, object] = {}
+    series = _chosen(folder, list_series(folder, datasets), None)
+    try:
+        array = _stack_pixels([datasets[s.path] for s in series.slices])
+    except Exception:  # pydicom cannot decode these: GDCM can
+        array = None
+    components = 1
+    if array is None:
+        array, components = _itk_pixels(series)
     if array.shape[:3] != series.shape:
         raise DicomError(f"{folder.name}/: pixels of shape {array.shape[:3]} where the headers describe "
                          f"{series.shape}")
     return ImageData(array=array, spacing=series.spacing, origin=series.origin, direction=series.direction,
                      components=components)
+
+
+def _stack_pixels(datasets: list) -> np.ndarray | None:
+    """The slices' stored values with the modality rescale: the stored type where every slope is 1 and every
+    intercept 0, else float64 (as ITK's GDCM reader returns them). None for colour pixels."""
+    if any(int(ds.get("SamplesPerPixel", 1)) != 1 for ds in datasets):
+        return None
+    stored = np.stack([ds.pixel_array for ds in datasets])
+    slope = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets])
+    intercept = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets])
+    if np.all(slope == 1) and np.all(intercept == 0):
+        return stored
+    return stored.astype(np.float64) * slope[:, None, None] + intercept[:, None, None]
+
+
+def _itk_pixels(series: Series) -> tuple[np.ndarray, int]:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(s.path) for s in series.slices])
+    reader.MetaDataDictionaryArrayUpdateOff()
+    image = reader.Execute()
+    return sitk.GetArrayFromImage(image), image.GetNumberOfComponentsPerPixel()
 
 
 def series_image(folder: Path):
