@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto import __version__
-from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, REPORT_RESERVE_SECONDS, FoldShare,
-                                RunClock, budget_advice, estimate_plan_seconds, fmt_duration, split_training)
+from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, FoldShare, RunClock, budget_advice,
+                                estimate_plan_seconds, fmt_duration, report_reserve_seconds, split_training)
 from medseg_auto.errors import InputError, Interrupted, MedsegError
 from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
 from medseg_auto.ingest.problems import format_table
@@ -316,7 +316,10 @@ class _Run:
         folds = self.record.get("folds", {})
         todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(f))
                 for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
-        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS - REPORT_RESERVE_SECONDS, todo)
+        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS - self._report_reserve(), todo)
+
+    def _report_reserve(self) -> float:
+        return report_reserve_seconds(len(self.opts.folds))
 
     def _fold_spent(self, fold) -> float:
         """The fold's time saved with its stages' last checkpoints (what a kill -9 cannot take back)."""
@@ -335,7 +338,7 @@ class _Run:
         return estimate_plan_seconds(voxels, len(self.checked.cases))
 
     def _warn_up_front(self) -> None:
-        rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS - REPORT_RESERVE_SECONDS
+        rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS - self._report_reserve()
         per_fold = rest / len(self.opts.folds)
         if per_fold < MIN_FOLD_SECONDS and not self.opts.dry_run:
             need = (self.clock.budget - rest + MIN_FOLD_SECONDS * len(self.opts.folds)) / 60
@@ -354,7 +357,7 @@ class _Run:
         print(f"\nBudget {fmt_duration(self.clock.budget)}: used {fmt_duration(self.clock.elapsed())} ({phases}); "
               f"configuration {plan.configuration}, patch {xyz(plan.patch_size)}; per fold: "
               + ", ".join(f"{f}: {fmt_duration(s)}" for f, s in shares.items())
-              + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}, report {fmt_duration(REPORT_RESERVE_SECONDS)}.")
+              + f"; export {fmt_duration(EXPORT_RESERVE_SECONDS)}, report {fmt_duration(self._report_reserve())}.")
         if shares and min(shares.values()) < MIN_FOLD_SECONDS and not self.opts.dry_run:
             raise MedsegError(f"Only {fmt_duration(min(shares.values()))} are left per fold after preprocessing: "
                               f"too little to train. Rerun with a larger -t (the preprocessing is kept).")

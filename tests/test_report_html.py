@@ -322,9 +322,7 @@ def hippo_bundle(trained) -> Path:
 
 def test_export_writes_the_report_in_its_reserve(trained, hippo_bundle):
     """The tiny run's bundle has report.html, its card the fold's learning curves; exe_train.py names the
-    report, and writing it took less than its reserve in the budget."""
-    from medseg_auto.budget import REPORT_RESERVE_SECONDS
-
+    report, and writing it took at most the 10 s the issue allows for a hippocampus bundle."""
     _, done, _, _ = trained
     page = (hippo_bundle / "report.html").read_text()
     card = json.loads((hippo_bundle / "model_card.json").read_text())
@@ -333,7 +331,7 @@ def test_export_writes_the_report_in_its_reserve(trained, hippo_bundle):
         "anterior", "posterior"}
     assert card["skipped_cases"] == []
     seconds = float(re.search(r"report\.html written in ([\d.]+) s", done.stderr).group(1))
-    assert seconds <= REPORT_RESERVE_SECONDS
+    assert seconds <= 10.0  # the target for a hippocampus bundle (its reserve: budget.report_reserve_seconds)
     assert f"Report:  {hippo_bundle / 'report.html'}" in done.stdout
     for section in SECTIONS:
         assert f'<section id="{section}">' in page

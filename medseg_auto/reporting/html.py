@@ -150,7 +150,7 @@ def _plan(card: dict) -> list[tuple[str, str]]:
 
 def _budget(card: dict) -> dict:
     """The timeline: each recorded phase in order, then the export and report, against -t."""
-    from medseg_auto.budget import EXPORT_RESERVE_SECONDS, REPORT_RESERVE_SECONDS
+    from medseg_auto.budget import EXPORT_RESERVE_SECONDS, report_reserve_seconds
 
     budget = float(card.get("budget_minutes", 0)) * 60.0
     phases = [(name.replace("_", " "), float(s)) for name, s in (card.get("phases_seconds") or {}).items()]
@@ -158,7 +158,7 @@ def _budget(card: dict) -> dict:
     if not phases:
         return {"image": None, "rows": [], "note": "The phases' times are not recorded in this model card.",
                 "budget": budget / 60, "used": used / 60}
-    export = ("export + report", EXPORT_RESERVE_SECONDS + REPORT_RESERVE_SECONDS)
+    export = ("export + report", EXPORT_RESERVE_SECONDS + report_reserve_seconds(len(card.get("folds", {}))))
     shown = phases + [export]
     return {"image": data_uri(figures.timeline(shown, budget)),
             "rows": [(n, f"{s / 60:.2f} min" + (" (reserved)" if (n, s) == export else "")) for n, s in shown],
