@@ -38,7 +38,8 @@ def uint8_cases(n: int) -> list[str]:
 
 
 def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, description: str = "T1 3D",
-                 seed: int = 0, slope: float = 1.0, drop: int | None = None, tilt: float = 0.0) -> list[str]:
+                 seed: int = 0, slope: float = 1.0, drop: int | None = None, tilt: float = 0.0,
+                 bits_stored: int = 16) -> list[str]:
     """Write ``image`` as an MR DICOM series, one file per slice along its third axis: plausible headers
     (position, orientation, spacing, rescale), files shuffled and named at random (half ``.dcm``, half
     without an ending). ``drop`` leaves out one slice, ``tilt`` (mm per slice) shifts each slice sideways
@@ -80,7 +81,7 @@ def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, des
         ds.SliceThickness = f"{spacing[2]:.6f}"
         ds.Rows, ds.Columns = array.shape[1], array.shape[2]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 1
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", "0"
         ds.PixelData = stored[k].tobytes()
         name = f"{rng.getrandbits(40):010x}" + (".dcm" if k % 2 else "")
@@ -170,6 +171,12 @@ def test_series_reads_voxel_exact_in_any_orientation(tmp_path, orientation):
     assert header.shape == data.shape and np.allclose(header.origin, data.origin)
     if orientation == "flipped":  # slices come back in position order: the source's own pixels
         np.testing.assert_array_equal(data.array[::-1], sitk.GetArrayFromImage(sitk.Flip(source, [False, True, False])))
+
+
+def test_twelve_bit_series_read_through_pydicoms_decoder(tmp_path):
+    image = hippocampus_image(uint8_cases(1)[0])
+    write_series(image, tmp_path / "series", bits_stored=12)
+    assert_same(read_image(tmp_path / "series"), image)
 
 
 def test_float_series_with_rescale_and_brats_crop(tmp_path):
