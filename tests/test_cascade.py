@@ -230,7 +230,7 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
 
     copy_brats_crops(tmp_path / "input_train" / "brats", 5)
     done = subprocess.run(train_command(tmp_path, "brats", "--regions", "WT=1,2,3,4;TC=1,3,4;ET=4",
-                                        "--trainer", "cascade", "--keep-work", minutes=2, folds="0"),
+                                        "--trainer", "cascade", "--keep-work", minutes=3, folds="0"),
                           capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "roi stage (3d_roi)" in done.stderr
