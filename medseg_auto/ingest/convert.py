@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, image_ending,
-                                        is_planar, read_image, read_volume)
+                                        is_planar, read_image, spatial_part)
 from medseg_auto.ingest.labels import LabelPlan
 from medseg_auto.ingest.layout import SourceCase
 from medseg_auto.ingest.scan import FileInfo
@@ -78,6 +78,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
     jobs = []
     for case in cases:
         images = []
+        volumes: dict[Path, list[tuple[int, Path]]] = {}  # 4D files: split in one read each
         for key in keys:
             src = case.channels[key]
             if key in colour:
@@ -86,7 +87,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
                 images += outs
             elif infos[src].volumes is not None:  # a 4D (Decathlon) image: this channel's volume, as 3D
                 out = folder / "imagesTr" / f"{case.name}_{len(images):04d}{ending}"
-                jobs.append((_write_volume, src, case.volumes.get(key, 0), out))
+                volumes.setdefault(src, []).append((case.volumes.get(key, 0), out))
                 images.append(out)
             elif _usable_as_is(src, infos[src], ending):
                 images.append(src.resolve())
@@ -94,6 +95,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
                 out = folder / "imagesTr" / f"{case.name}_{len(images):04d}{ending}"
                 jobs.append((_write_image, src, out))
                 images.append(out)
+        jobs += [(_write_volumes, src, outs) for src, outs in volumes.items()]
         label = case.label
         if _label_usable_as_is(label, infos[label], ending, plan):
             label = label.resolve()
@@ -102,7 +104,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
             jobs.append((_write_label, label, out, plan.mapping, infos[label]))
             label = out
         conv.cases[case.name] = {"images": [str(p) for p in images], "label": str(label)}
-    conv.written = len(jobs) + sum(1 for j in jobs if j[0] is _write_split_rgb) * 2
+    conv.written = sum(len(j[2]) if j[0] is _write_volumes else 3 if j[0] is _write_split_rgb else 1 for j in jobs)
     conv.referenced = sum(len(c["images"]) + 1 for c in conv.cases.values()) - conv.written
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         done = pool.map(lambda job: job[0](*job[1:]), jobs)
@@ -152,16 +154,18 @@ def _write_image(src: Path, out: Path) -> None:
         sitk.WriteImage(sitk.ReadImage(str(src)), str(out), useCompression=True)
 
 
-def _write_volume(src: Path, index: int, out: Path) -> None:
-    """One volume of a 4D file, written as a 3D image on the same grid."""
+def _write_volumes(src: Path, outs: list[tuple[int, Path]]) -> None:
+    """Volumes of a 4D file, each written as a 3D image on the same grid (the file read once)."""
     import SimpleITK as sitk
 
-    volume = read_volume(src, index)
-    image = sitk.GetImageFromArray(volume.array)
-    image.SetSpacing(volume.spacing)
-    image.SetOrigin(volume.origin)
-    image.SetDirection(volume.direction)
-    sitk.WriteImage(image, str(out), useCompression=True)
+    image = read_image(src)
+    grid = spatial_part(image)
+    for index, out in outs:
+        volume = sitk.GetImageFromArray(image.array[index])
+        volume.SetSpacing(grid.spacing)
+        volume.SetOrigin(grid.origin)
+        volume.SetDirection(grid.direction)
+        sitk.WriteImage(volume, str(out), useCompression=True)
 
 
 def _write_split_rgb(src: Path, outs: list[Path]) -> None:
