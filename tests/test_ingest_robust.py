@@ -107,3 +107,20 @@ def test_folder_holding_no_dataset(project, train_cli):
     (folder / "sub" / "b.bin").write_bytes(b"\x00\x01")
     err = _refused(train_cli, project, "-d", "junk")
     assert "junk" in err and "layout" in err
+
+
+def test_4d_label_and_5d_image_in_the_decathlon_form(project, train_cli):
+    import nibabel
+    import numpy as np
+
+    task = make_msd_hippocampus(project / "input_train" / "task", n=5, n_test=0)
+    first, second = sorted((task / "imagesTr").glob("h*.nii.gz"))[:2]
+    label = nibabel.load(task / "labelsTr" / first.name)
+    stacked = np.stack([np.asarray(label.dataobj)] * 2, -1)
+    nibabel.save(nibabel.Nifti1Image(stacked, label.affine), task / "labelsTr" / first.name)
+    image = nibabel.load(second)
+    nibabel.save(nibabel.Nifti1Image(np.asarray(image.dataobj)[..., None, None].repeat(2, 3).repeat(2, 4),
+                                     image.affine), second)
+    err = _refused(train_cli, project, "-d", "task")
+    assert f"labelsTr/{first.name}" in err and "a 4D label (2 volumes" in err
+    assert f"imagesTr/{second.name}" in err and "a 5D image" in err

@@ -36,6 +36,9 @@ def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
                                f"of shape {info.shape}); one 3D file per channel is expected",
                                "split the last dimension into one 3D file per channel (or use the Decathlon "
                                "form: imagesTr/ + labelsTr/ with a dataset.json naming the channels)"))
+        elif info.ndim > 3:
+            out.append(Problem(case.name, where, f"a {info.ndim}D image (shape {info.shape})",
+                               "save 2D or 3D images, one file per channel"))
         elif not is_label and case.volumes:
             out += _volume_problems(case, info, where)
         if info.components > 1 and not info.grey_rgb and is_label:
