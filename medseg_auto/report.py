@@ -32,7 +32,8 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
     spacings = np.array([i.spacing for i in infos])
     lines = [
         f"Dataset    {name}  ({disc.root})",
-        f"Layout     {LAYOUTS[disc.layout]}" + (f", labels from {disc.label_dir.name}/" if _label_dir_news(disc) else ""),
+        f"Layout     {LAYOUTS[disc.layout]}"
+        + (f", labels from {disc.label_dir.name}/" if _label_dir_news(disc) else ""),
         f"Cases      {len(checked.cases)} usable" + (f", {len(checked.skipped)} skipped" if checked.skipped else ""),
         f"Channels   {len(conversion.channel_names)}: " + ", ".join(
             f"{i}={n}" + (f" (files '{k}')" if k and k != n else "")
@@ -55,7 +56,8 @@ def dataset_summary(name: str, checked: CheckedDataset, conversion: Conversion) 
                      + (" ..." if len(renamed) > 3 else ""))
     if disc.unused_dirs:
         lines.append("Not used   " + ", ".join(f"{d.name}/ ({sum(1 for f in d.iterdir() if f.is_file())} files)"
-                                               for d in disc.unused_dirs) + " (--labels-dir names another label folder)")
+                                               for d in disc.unused_dirs)
+                     + " (--labels-dir names another label folder)")
     if disc.hidden:
         apple = sum(1 for f in disc.hidden if f.name.startswith("._"))
         lines.append(f"Hidden     {len(disc.hidden)} hidden file(s) ignored"

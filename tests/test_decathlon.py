@@ -258,7 +258,8 @@ def test_decathlon_and_paired_forms_give_nnunet_the_same_dataset(project, train_
     for case, files in ds["msd"]["dataset"].items():
         other = ds["paired"]["dataset"][case]
         for a, b in zip(files["images"] + [files["label"]], other["images"] + [other["label"]]):
-            assert sitk.GetArrayFromImage(sitk.ReadImage(a)).tobytes() == sitk.GetArrayFromImage(sitk.ReadImage(b)).tobytes()
+            pixels = [sitk.GetArrayFromImage(sitk.ReadImage(f)) for f in (a, b)]
+            assert pixels[0].tobytes() == pixels[1].tobytes()
     assert all(str(task) in f for c in ds["msd"]["dataset"].values() for f in c["images"])  # used in place
 
 

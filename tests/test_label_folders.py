@@ -133,7 +133,8 @@ def test_case_img_and_case_annotation_and_what_cannot_be_paired(project, train_c
     code, out, err = train_cli("-d", "cells", "--check", "-f", "0", "--skip-invalid")
     assert code == 0, err
     assert "5 usable, 1 skipped" in out
-    assert "Paired     5 image(s) with a label named otherwise, by name: case100_img.png + case100_annotation.png" in out
+    assert "Paired     5 image(s) with a label named otherwise, by name: " \
+           "case100_img.png + case100_annotation.png" in out
 
 
 def test_rgb_images_take_one_name_per_colour_channel(project, train_cli):

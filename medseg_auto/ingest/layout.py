@@ -140,10 +140,13 @@ def discover(folder: Path, label_pattern: str | None = None, ending: str | None 
     finder = {"nnunet_raw": _discover_nnunet, "decathlon": _discover_decathlon, "paired": _discover_paired,
               "per_case": _discover_per_case, "flat": _discover_flat}[layout]
     if labels_dir and layout in ("per_case", "flat"):
-        raise InputError(f"--labels-dir {labels_dir}: this dataset has {'one folder per case' if layout == 'per_case' else 'its images and labels side by side'}, "
+        kind = "one folder per case" if layout == "per_case" else "its images and labels side by side"
+        raise InputError(f"--labels-dir {labels_dir}: this dataset has {kind}, "
                          f"with no label folder to choose; pick the label files by name with --label-pattern "
                          f"(e.g. '*seg*').")
-    discovery = finder(folder, label_pattern, ending, labels_dir) if labels_dir else finder(folder, label_pattern, ending)
+    # Only the folder layouts' finders take a label folder.
+    discovery = finder(folder, label_pattern, ending, labels_dir) if labels_dir else \
+        finder(folder, label_pattern, ending)
     _name_lone_channels(discovery)
     if channels:
         _keep_channels(discovery, channels)
