@@ -23,7 +23,8 @@ from medseg_auto.ingest.formats import DICOM_ENDINGS
 from medseg_auto.ingest.dataset_json import read_dataset_json
 from medseg_auto.ingest.formats import VOLUME_ENDINGS, ImageHeader, image_ending, read_header, spatial_part, stem
 from medseg_auto.ingest.layout import (IMAGE_DIRS, LABEL_DIRS, NNUNET_CHANNEL, is_aux_mask, is_label_name,
-                                      label_case_name, list_image_files, list_subdirs, relative_name)
+                                      is_label_word, label_case_name, list_image_files, list_subdirs,
+                                      relative_name)
 from medseg_auto.ingest.scan import reader_message
 from medseg_auto.ingest.problems import DATASET, Problem, format_table
 from medseg_auto.predict.bundle import Bundle, ModelChannel
@@ -145,7 +146,8 @@ def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | No
 
 def _not_a_scan(f: Path) -> bool:
     """Labels, auxiliary masks and single DICOM files (a DICOM-SEG; a series is a folder) are no scans."""
-    return is_label_name(stem(f)) or is_aux_mask(stem(f)) or image_ending(f) in DICOM_ENDINGS
+    return (is_label_name(stem(f)) or is_label_word(stem(f)) or is_aux_mask(stem(f))
+            or image_ending(f) in DICOM_ENDINGS)
 
 
 def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChannel]) -> None:
