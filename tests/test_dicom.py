@@ -427,3 +427,22 @@ def test_a_case_folder_holding_only_a_dicomdir_is_named_at_check(project, train_
     assert code == 2 and "Traceback" not in err
     row = next(line for line in err.splitlines() if cases[-1] in line and "ERROR" in line)
     assert "DICOMDIR in the series folder" in row and "not an image" in row
+
+
+def test_case_folders_holding_the_slices_and_the_label(project, train_cli):
+    from conftest import read_record
+
+    root = project / "input_train" / "flatcase"
+    cases = uint8_cases(5)
+    for i, case in enumerate(cases):
+        write_series(hippocampus_image(case), root / case, seed=i)
+        sitk.WriteImage(hippocampus_image(case, label=True), str(root / case / "seg.nii.gz"))
+    code, out, err = train_cli("-d", "flatcase", "-l", "anterior,posterior", "--check")
+    assert code == 0, err
+    assert "one folder per case" in out and "Cases      5 usable" in out
+    import json
+
+    listing = json.loads((Path(read_record(project, "flatcase")["raw_dataset"]) / "dataset.json").read_text())["dataset"]
+    for case in cases:
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(listing[case]["images"][0])),
+                                      sitk.GetArrayFromImage(hippocampus_image(case)))

@@ -118,8 +118,8 @@ def detect_layout(folder: Path) -> str | None:
                        label_folder_candidates(folder, image_dirs[0], list_image_files(image_dirs[0]))):
         return "paired"
     files = list_image_files(folder)
-    if not files and any(list_image_files(d) for d in subdirs.values()):
-        return "per_case"
+    if not any(f.is_file() for f in files) and any(list_image_files(d) for d in subdirs.values()):
+        return "per_case"  # (a case folder may itself be a DICOM series, with its label beside the slices)
     if files and any(is_label_name(stem(f)) for f in files):
         return "flat"
     return None
@@ -537,11 +537,12 @@ def list_subdirs(folder: Path) -> list[Path]:
 def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path] | None = None,
                      hidden: list[Path] | None = None) -> list[Path]:
     """Image files directly in ``folder`` (sorted); other files go to ``ignored``, dot files (macOS's
-    ``._*`` copies) to ``hidden``. A DICOM series folder in ``folder`` counts as one image file; the
-    files of a series folder itself are its slices, not images."""
-    if not folder.is_dir() or is_series_folder(folder):
+    ``._*`` copies) to ``hidden``. A DICOM series folder in ``folder`` counts as one image file; a series
+    folder itself is one image (listed first), with the non-DICOM image files beside its slices (a label)."""
+    if not folder.is_dir():
         return []
-    out = []
+    series = is_series_folder(folder)
+    out = [folder] if series and ending is None else []
     for f in sorted(folder.iterdir()):
         if f.name.startswith("."):
             if hidden is not None and f.is_file():
@@ -552,6 +553,8 @@ def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path
                 out.append(f)
             continue
         e = image_ending(f)
+        if series and e in (None, ".dcm"):  # the series' own files
+            continue
         if e is not None and (ending is None or e == ending.lower()):
             out.append(f)
         elif ignored is not None:
@@ -571,6 +574,11 @@ def is_aux_mask(s: str) -> bool:
 
 def is_label_name(s: str) -> bool:
     return bool(_LABEL_SUFFIX.search(s)) and not _AUX_MASK.search(s)
+
+
+def is_label_word(s: str) -> bool:
+    """A stem that is a label word and nothing else (``OTMultiClass``, ``seg``): a case folder's label file."""
+    return bool(re.fullmatch(_LABEL_WORD, s, re.IGNORECASE))
 
 
 def _matches(f: Path, pattern: str) -> bool:
