@@ -146,6 +146,10 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
             trainer.run_training()
         finally:
             stop.deferred = False
+        if stop.event.is_set():  # asked to stop as the fold ended: its final checkpoint is saved
+            from medseg_auto.trainers.time_budget import TrainingInterrupted
+
+            raise TrainingInterrupted(f"fold {fold} interrupted after its training, before its validation")
     if not summary.is_file() and trainer.validation_mode != "skipped":
         trainer.perform_actual_validation()
     clock = read_fold_clock(str(folder)) or {}
