@@ -203,3 +203,34 @@ def test_validation_dice_is_named_by_label_or_region(tmp_path, labels, keys, exp
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"mean": {k: {"Dice": 0.5 + i / 10} for i, k in enumerate(keys)}}))
     assert _validation_dice(summary, {"labels": labels}) == {n: 0.5 + i / 10 for i, n in enumerate(expected)}
+
+
+def test_a_stop_asked_for_as_the_fold_ends_is_not_lost(tmp_path):
+    """SIGTERM between the fold's last step and the end of its training (when the trainer no longer looks):
+    the fold stops before its validation instead of running on to the export."""
+    from medseg_auto.plan import PlanResult
+    from medseg_auto.train import StopRequest, train_fold
+    from medseg_auto.trainers.time_budget import FoldBudget, TrainingInterrupted
+    from medseg_auto.workspace import Workspace
+
+    (tmp_path / "data").mkdir()
+    workspace = Workspace.create(tmp_path / "work", "stop", tmp_path / "data")
+    (workspace.preprocessed / workspace.nnunet_name).mkdir(parents=True)
+    (workspace.preprocessed / workspace.nnunet_name / "dataset.json").write_text("{}")
+    stop = StopRequest()
+
+    class Trainer:
+        validation_mode = "mirrored"
+
+        def __init__(self, plans, configuration, fold, dataset_json, device):
+            pass
+
+        def run_training(self):
+            stop.event.set()  # the signal handler, as the last epoch ends
+
+        def perform_actual_validation(self):
+            raise AssertionError("validated after the user asked to stop")
+
+    with pytest.raises(TrainingInterrupted, match="fold 0 interrupted after its training"):
+        train_fold(workspace, PlanResult("3d_fullres", {"configurations": {}}, {}), 0, FoldBudget(seconds=60.0),
+                   Trainer, "cpu", stop)
