@@ -15,6 +15,7 @@ resampled.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,6 +259,10 @@ def order_series(folder: Path, slices: list[Slice]) -> Series:
 
 
 _geometry_cache: dict[tuple, Series] = {}
+# The series read last, so that the conversion after the checks reads no file twice (bounded: large
+# datasets are read again, small ones once).
+PIXEL_CACHE_BYTES = 512 * 2 ** 20
+_pixel_cache: OrderedDict[tuple, ImageData] = OrderedDict()
 
 
 def _chosen(folder: Path, by_uid: dict[str, list[Slice]], uid: str | None) -> Series:
@@ -287,6 +292,11 @@ def read_series(folder: Path) -> ImageData:
     (as ITK applies them). One read per file with pydicom; SimpleITK's series reader (GDCM) where pydicom
     cannot decode the pixels (compressed transfer syntaxes without a pydicom decoder) or a pixel has
     several samples."""
+    key = _cache_key(folder, None)
+    with _lock:
+        if key in _pixel_cache:
+            _pixel_cache.move_to_end(key)
+            return _pixel_cache[key]
     datasets: dict[Path, object] = {}
     series = _chosen(folder, list_series(folder, datasets), None)
     try:
@@ -299,8 +309,14 @@ def read_series(folder: Path) -> ImageData:
     if array.shape[:3] != series.shape:
         raise DicomError(f"{folder.name}/: pixels of shape {array.shape[:3]} where the headers describe "
                          f"{series.shape}")
-    return ImageData(array=array, spacing=series.spacing, origin=series.origin, direction=series.direction,
+    array.flags.writeable = False  # shared by the checks and the conversion: read once, never changed
+    data = ImageData(array=array, spacing=series.spacing, origin=series.origin, direction=series.direction,
                      components=components)
+    with _lock:
+        _pixel_cache[key] = data
+        while sum(d.array.nbytes for d in _pixel_cache.values()) > PIXEL_CACHE_BYTES and len(_pixel_cache) > 1:
+            _pixel_cache.popitem(last=False)
+    return data
 
 
 def _stack_pixels(datasets: list) -> np.ndarray | None:
