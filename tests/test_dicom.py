@@ -446,3 +446,23 @@ def test_case_folders_holding_the_slices_and_the_label(project, train_cli):
     for case in cases:
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(listing[case]["images"][0])),
                                       sitk.GetArrayFromImage(hippocampus_image(case)))
+
+
+def test_dicom_seg_off_its_series_grid_is_reported(tmp_path):
+    from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+    case = uint8_cases(1)[0]
+    image, label = hippocampus_image(case), hippocampus_image(case, label=True)
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    write_series(image, tmp_path / "series", uid=uid)
+    write_dicom_seg(sitk.GetArrayFromImage(label), tmp_path / "seg.dcm", tmp_path / "series",
+                    [("anterior", (1,)), ("posterior", (2,))])
+    np.testing.assert_array_equal(read_image(tmp_path / "seg.dcm").array, sitk.GetArrayFromImage(label))
+    for f in (tmp_path / "series").iterdir():  # the same series re-exported half a voxel off
+        f.unlink()
+    moved = sitk.Image(image)
+    moved.SetOrigin(tuple(np.array(image.GetOrigin()) + (0.5, 0, 0)))
+    write_series(moved, tmp_path / "series", uid=uid)
+    with pytest.raises(dicom.DicomError, match=r"frame \d+ of the DICOM-SEG is not on a slice of series "
+                       rf"{uid} in series/ \(its position is at voxel \[-?0\.5, 0\.0, \d+\.0\]"):
+        read_image(tmp_path / "seg.dcm")

@@ -446,7 +446,7 @@ def read_seg(path: Path) -> ImageData:
         if not on_grid:
             where = np.linalg.solve(axes, position - origin) / np.array(series.spacing)
             raise DicomError(f"frame {i + 1} of the DICOM-SEG is not on a slice of series {uid} in {folder.name}/ "
-                             f"(its position is at voxel {np.round(where, 2).tolist()} of the series' grid, its "
+                             f"(its position is at voxel {(np.round(where, 2) + 0.0).tolist()} of the series' grid, its "
                              f"size {frames.shape[1:]} against {series.shape[1:]}): a label must lie on its "
                              f"series' grid; export the segmentation on the source series")
         if kind == "LABELMAP":
