@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write CASE_probabilities.npz (per class, float16)")
     p.add_argument("--labels-dir", type=Path, help="reference labels: also write metrics.csv (Dice, HD95)")
-    p.add_argument("--output-format", choices=("auto", "dicom-seg"), default="auto", help="auto: each scan's own "
-                   "format (NIfTI for a DICOM series; default); dicom-seg: a DICOM-SEG per DICOM series, referencing it")
+    p.add_argument("--output-format", choices=("auto", "dicom-seg"), default="auto", help="auto: each scan's "
+                   "own format (NIfTI for a DICOM series; default); dicom-seg: a DICOM-SEG per DICOM series, "
+                   "referencing it")
     p.add_argument("--series", metavar="UID_OR_DESCRIPTION", help="DICOM: the series to read where a folder "
                    "holds several (its SeriesInstanceUID or SeriesDescription)")
     p.add_argument("--preview", action="store_true", help="also preview/NAME.png per scan (the segmentation over "

@@ -436,7 +436,8 @@ def read_seg(path: Path) -> ImageData:
     for i, group in enumerate(per_frame):
         orientation = _group_item(group, shared, "PlaneOrientationSequence").ImageOrientationPatient
         spacing = _group_item(group, shared, "PixelMeasuresSequence").PixelSpacing
-        position = np.array([float(v) for v in _group_item(group, shared, "PlanePositionSequence").ImagePositionPatient])
+        plane = _group_item(group, shared, "PlanePositionSequence")
+        position = np.array([float(v) for v in plane.ImagePositionPatient])
         k = int(np.argmin(np.abs(depth - np.dot(position, series.normal))))
         offset = position - np.array(series.slices[k].position)
         on_grid = (np.allclose([float(v) for v in orientation], series.slices[0].orientation, atol=COSINE_ATOL)
@@ -445,10 +446,11 @@ def read_seg(path: Path) -> ImageData:
                    and frames.shape[1:] == series.shape[1:])
         if not on_grid:
             where = np.linalg.solve(axes, position - origin) / np.array(series.spacing)
+            voxel = (np.round(where, 2) + 0.0).tolist()
             raise DicomError(f"frame {i + 1} of the DICOM-SEG is not on a slice of series {uid} in {folder.name}/ "
-                             f"(its position is at voxel {(np.round(where, 2) + 0.0).tolist()} of the series' grid, its "
-                             f"size {frames.shape[1:]} against {series.shape[1:]}): a label must lie on its "
-                             f"series' grid; export the segmentation on the source series")
+                             f"(its position is at voxel {voxel} of the series' grid, its size {frames.shape[1:]} "
+                             f"against {series.shape[1:]}): a label must lie on its series' grid; export the "
+                             f"segmentation on the source series")
         if kind == "LABELMAP":
             label[k] = frames[i]
             continue
