@@ -40,7 +40,7 @@ def uint8_cases(n: int) -> list[str]:
 
 def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, description: str = "T1 3D",
                  seed: int = 0, slope: float = 1.0, drop: int | None = None, tilt: float = 0.0,
-                 bits_stored: int = 16) -> list[str]:
+                 bits_stored: int = 16, syntax: str | None = None) -> list[str]:
     """Write ``image`` as an MR DICOM series, one file per slice along its third axis: plausible headers
     (position, orientation, spacing, rescale), files shuffled and named at random (half ``.dcm``, half
     without an ending). ``drop`` leaves out one slice, ``tilt`` (mm per slice) shifts each slice sideways
@@ -85,6 +85,8 @@ def write_series(image: sitk.Image, folder: Path, *, uid: str | None = None, des
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 1
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", "0"
         ds.PixelData = stored[k].tobytes()
+        if syntax:  # an encapsulated (compressed) transfer syntax, as PACS exports often are
+            ds.compress(syntax, stored[k])
         name = f"{rng.getrandbits(40):010x}" + (".dcm" if k % 2 else "")
         ds.save_as(folder / name, enforce_file_format=True)
     return [u for k, u in enumerate(uids) if k != drop]
@@ -174,10 +176,18 @@ def test_series_reads_voxel_exact_in_any_orientation(tmp_path, orientation):
         np.testing.assert_array_equal(data.array[::-1], sitk.GetArrayFromImage(sitk.Flip(source, [False, True, False])))
 
 
-def test_twelve_bit_series_read_through_pydicoms_decoder(tmp_path):
+def test_twelve_bit_and_compressed_series_read_through_a_decoder(tmp_path):
+    from pydicom.uid import RLELossless
+
     image = hippocampus_image(uint8_cases(1)[0])
-    write_series(image, tmp_path / "series", bits_stored=12)
-    assert_same(read_image(tmp_path / "series"), image)
+    write_series(image, tmp_path / "twelve", bits_stored=12)
+    assert_same(read_image(tmp_path / "twelve"), image)
+    write_series(image, tmp_path / "rle", syntax=RLELossless)
+    assert pydicom.dcmread(next((tmp_path / "rle").iterdir())).file_meta.TransferSyntaxUID == RLELossless
+    assert_same(read_image(tmp_path / "rle"), image)
+    itk_array, components = dicom._itk_pixels(dicom.read_series_geometry(tmp_path / "rle"))  # GDCM's fallback
+    np.testing.assert_array_equal(itk_array, sitk.GetArrayFromImage(image))
+    assert components == 1
 
 
 def test_float_series_with_rescale_and_brats_crop(tmp_path):
