@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,10 +101,12 @@ class _Run:
     def execute(self) -> Path | None:
         previous = self.workspace.read_record()
         resuming = self._resume_or_start(previous)
+        start = time.monotonic()
         conversion = convert(self.checked, self.workspace)
+        converting = time.monotonic() - start
         self.record.update(_ingest_record(self.checked, conversion))
         self.record.update(name=self.opts.name, identity=self.opts.identity(), version=__version__, state="planning")
-        self.record.setdefault("phases", {})["ingest"] = round(self.checked.seconds, 2)
+        self.record.setdefault("phases", {})["ingest"] = round(self.checked.seconds + converting, 2)  # check, convert
         self.save()
         print(dataset_summary(self.opts.name, self.checked, conversion))
         if self.opts.check_only:
