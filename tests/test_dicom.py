@@ -150,13 +150,6 @@ def rotated(image: sitk.Image, degrees: tuple[float, float, float]) -> sitk.Imag
     return out
 
 
-@pytest.fixture(autouse=True)
-def no_series_choice():
-    dicom.choose_series(None)
-    yield
-    dicom.choose_series(None)
-
-
 # --- reading a series ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("orientation", ["axial", "sagittal", "oblique", "flipped"])
@@ -210,10 +203,54 @@ def test_two_series_in_one_folder_are_listed_and_picked_by_flag(tmp_path):
     assert "2 DICOM series" in message and "--series" in message
     assert f"'T1 AX' ({slices} slices), 'T2 COR' ({hippocampus_image(b).GetSize()[2]} slices); UIDs in that order: " \
            "1.2.826.0.1.3680043.8.498.1, 1.2.826.0.1.3680043.8.498.2" in message
-    dicom.choose_series("t2 cor")
-    assert_same(read_image(tmp_path / "mixed"), hippocampus_image(b))
-    dicom.choose_series("1.2.826.0.1.3680043.8.498.1")
-    assert_same(read_image(tmp_path / "mixed"), hippocampus_image(a))
+    assert_same(read_image(tmp_path / "mixed", series=dicom.series_choice(" t2 cor ")), hippocampus_image(b))
+    assert_same(read_image(tmp_path / "mixed", series="1.2.826.0.1.3680043.8.498.1"), hippocampus_image(a))
+    assert read_header(tmp_path / "mixed", series="T2 COR").shape == hippocampus_image(b).GetSize()[::-1]
+    assert dicom.series_choice("  ") is None and dicom.series_choice(None) is None
+
+
+def test_series_choice_travels_with_each_calls_options(tmp_path):
+    """Two API calls with different series choices each read their own series (nothing kept between them);
+    a third without one reports every case's series, the whole message (UIDs too) in the problem table."""
+    from types import SimpleNamespace
+
+    from medseg_auto.ingest.checks import DICOM_FIX
+    from medseg_auto.ingest.pipeline import DataProblems, IngestOptions, check_dataset, convert
+    from medseg_auto.ingest.problems import format_table
+
+    root = tmp_path / "ds"
+    (root / "labels").mkdir(parents=True)
+    images, uids = {}, {}
+    for i, case in enumerate(uint8_cases(2)):
+        images[case] = hippocampus_image(case)
+        brighter = sitk.Cast(images[case], sitk.sitkInt16) + 7  # the same grid, other values
+        for j, (description, image) in enumerate((("T1 AX", images[case]), ("T2 COR", brighter))):
+            uids[case, description] = f"1.2.826.0.1.3680043.8.498.{i + 1}{j + 1}" + "7" * 36  # 64 characters
+            write_series(image, root / "images" / case, uid=uids[case, description], description=description,
+                         seed=2 * i + j)
+        sitk.WriteImage(hippocampus_image(case, label=True), str(root / "labels" / f"{case}.nii.gz"))
+
+    def converted(choice: str) -> dict[str, np.ndarray]:
+        checked = check_dataset(IngestOptions(root, folds=["all"], progress=False, series=choice))
+        raw = tmp_path / f"raw_{choice}"
+        (raw / "imagesTr").mkdir(parents=True)
+        (raw / "labelsTr").mkdir()
+        conv = convert(checked, SimpleNamespace(reset_raw=lambda: raw), progress=False)
+        return {case: sitk.GetArrayFromImage(sitk.ReadImage(files["images"][0])) for case, files in conv.cases.items()}
+
+    first, second = converted("t1 ax"), converted("T2 COR")
+    for case, image in images.items():
+        np.testing.assert_array_equal(first[case], canonical(image)[0])
+        np.testing.assert_array_equal(second[case], canonical(image)[0].astype(np.int16) + 7)
+    with pytest.raises(DataProblems) as e:
+        check_dataset(IngestOptions(root, folds=["all"], progress=False))
+    rows = [p for p in e.value.problems if "2 DICOM series in one folder" in p.problem]
+    assert sorted(p.case for p in rows) == sorted(images)
+    table = format_table(e.value.problems, width=2000)  # one line per row
+    for p in rows:
+        assert len(p.problem) > 200 and p.fix == DICOM_FIX and "--series" in p.problem
+        for description in ("T1 AX", "T2 COR"):
+            assert uids[p.case, description] in p.problem and uids[p.case, description] in table
 
 
 def test_missing_slice_and_gantry_tilt_are_reported(tmp_path):

@@ -68,22 +68,14 @@ def parse_options(argv: list[str] | None = None):
         folds = [f.strip() for f in args.folds.split(",") if f.strip()]
         if not folds or any(not (f.isdigit() or f in ("all", "full")) for f in folds):
             raise InputError(f"--folds {args.folds}: give fold numbers separated by commas (e.g. 0,2) or full")
-    from medseg_auto.ingest.dicom import choose_series
-    from medseg_auto.predict.outputs import use_dicom_seg
+    from medseg_auto.ingest.dicom import series_choice
 
-    choose_series(args.series)
-    if args.output_format == "dicom-seg":
-        from medseg_auto.predict.bundle import open_bundle
-        from medseg_auto.predict.dicom_seg import model_segments
-
-        use_dicom_seg(model_segments(open_bundle(args.model, folds)))
-    else:
-        use_dicom_seg(None)
     settings = Settings(mirroring=not (args.no_tta or args.fast), step_size=step,
                         probabilities=args.save_probabilities)
     return PredictOptions(model=args.model, scans=args.scans, output=args.output, folds=folds, device=args.device,
                           settings=settings, labels_dir=args.labels_dir, ending=args.ending,
-                          overwrite=args.overwrite, progress=not args.quiet, preview=args.preview)
+                          overwrite=args.overwrite, progress=not args.quiet, preview=args.preview,
+                          series=series_choice(args.series), output_format=args.output_format)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from medseg_auto import __version__
 from medseg_auto.errors import InputError, MedsegError
 from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
-from medseg_auto.ingest.dicom import choose_series
+from medseg_auto.ingest.dicom import series_choice
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
 from medseg_auto.plan import CONFIGURATIONS
@@ -169,7 +169,6 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     check_augmentation(args.augmentation, args.trainer)
     if args.lr is not None and not 0.0 < args.lr <= 1.0:
         raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
-    choose_series(args.series)
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -181,7 +180,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         image_type=[t.strip() for t in args.image_type.split(",") if t.strip()],
         channels=[c.strip() for c in args.channels.split(",")] if args.channels else None,
         label_pattern=args.label_pattern, ending=args.ending, folds=folds, skip_invalid=args.skip_invalid,
-        labels_dir=args.labels_dir)
+        labels_dir=args.labels_dir, series=series_choice(args.series))
     resume_argv = [a for a in argv if a not in ("--restart", "--dry-run", "--check")]
     run = RunOptions(
         name=name, ingest=options, minutes=args.minutes, folds=folds, configuration=args.configuration,

@@ -18,6 +18,9 @@ SPACING_RTOL = 1e-3      # relative
 ORIGIN_ATOL = 1e-2       # in units of the smallest voxel spacing
 DIRECTION_ATOL = 1e-3    # direction cosines
 CV_FOLDS = 5             # nnU-Net's cross-validation splits
+# How to fix a file that cannot be read; a DICOM problem's message says what to do about it.
+UNREADABLE_FIX = "re-export or replace the file (is it complete, and really this format?)"
+DICOM_FIX = "see the problem: pick a series with --series, or fix the series as it says"
 
 
 def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
@@ -29,7 +32,7 @@ def check_files(case: SourceCase, infos: dict, rel) -> list[Problem]:
         where = rel(path)
         if info.error:
             out.append(Problem(case.name, where, f"cannot read the file: {info.error}",
-                               "re-export or replace the file (is it complete, and really this format?)"))
+                               DICOM_FIX if info.dicom_error else UNREADABLE_FIX))
             continue
         if info.volumes is not None and (is_label or not case.volumes):
             out.append(Problem(case.name, where, f"a 4D {'label' if is_label else 'image'} ({info.volumes} volumes "

@@ -61,9 +61,10 @@ def colour_channels(cases: list[SourceCase], infos: dict[Path, FileInfo], keys: 
 
 def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, FileInfo], keys: list[str],
                     names: list[str], plan: LabelPlan, is_2d: bool, progress: bool = True,
-                    colour_names: dict[str, list[str]] | None = None) -> Conversion:
+                    colour_names: dict[str, list[str]] | None = None, series: str | None = None) -> Conversion:
     """Write ``dataset.json`` (and the files that need a change) into the empty raw folder ``folder``.
-    ``colour_names`` names the three channels of a colour key (``-i R,G,B``); else NAME_R, NAME_G, NAME_B."""
+    ``colour_names`` names the three channels of a colour key (``-i R,G,B``); else NAME_R, NAME_G, NAME_B.
+    ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
     from tqdm import tqdm
 
     ending = choose_file_ending([f for c in cases for f in c.channels.values()], is_2d)
@@ -93,7 +94,7 @@ def convert_dataset(folder: Path, cases: list[SourceCase], infos: dict[Path, Fil
                 images.append(src.resolve())
             else:
                 out = folder / "imagesTr" / f"{case.name}_{len(images):04d}{ending}"
-                jobs.append((_write_image, src, out))
+                jobs.append((_write_image, src, out, series))
                 images.append(out)
         jobs += [(_write_volumes, src, outs) for src, outs in volumes.items()]
         label = case.label
@@ -135,7 +136,7 @@ def _label_usable_as_is(src: Path, info: FileInfo, ending: str, plan: LabelPlan)
             and all(plan.mapping.get(int(v)) == int(v) for v in info.values or ()))
 
 
-def _write_image(src: Path, out: Path) -> None:
+def _write_image(src: Path, out: Path, series: str | None = None) -> None:
     if is_planar(out):
         from PIL import Image
 
@@ -147,7 +148,7 @@ def _write_image(src: Path, out: Path) -> None:
 
         from medseg_auto.ingest.dicom import series_image
 
-        sitk.WriteImage(series_image(src), str(out), useCompression=True)
+        sitk.WriteImage(series_image(src, series), str(out), useCompression=True)
     else:
         import SimpleITK as sitk
 

@@ -31,7 +31,6 @@ SPACING_RTOL = 0.01
 COSINE_ATOL = 1e-4
 TILT_DEGREES = 0.05
 
-_series_choice: str | None = None
 _known_series: dict[str, Path] = {}  # SeriesInstanceUID -> folder, for DICOM-SEG references
 _lock = threading.Lock()
 
@@ -40,10 +39,10 @@ class DicomError(ValueError):
     """A DICOM input that cannot be read as asked; the message says where, what and how to fix it."""
 
 
-def choose_series(choice: str | None) -> None:
-    """``--series``: the series (UID or description) to read where a folder holds several."""
-    global _series_choice
-    _series_choice = choice.strip() if choice else None
+def series_choice(text: str | None) -> str | None:
+    """``--series`` as given: the series (UID or description) to read where a folder holds several, or None.
+    The choice travels with the options (``IngestOptions.series``, ``PredictOptions.series``) to the readers."""
+    return text.strip() or None if text else None
 
 
 @dataclass(frozen=True)
@@ -265,52 +264,53 @@ PIXEL_CACHE_BYTES = 512 * 2 ** 20
 _pixel_cache: OrderedDict[tuple, ImageData] = OrderedDict()
 
 
-def _chosen(folder: Path, by_uid: dict[str, list[Slice]], uid: str | None) -> Series:
+def _chosen(folder: Path, by_uid: dict[str, list[Slice]], uid: str | None, choice: str | None) -> Series:
     if uid is not None and uid not in by_uid:
         raise DicomError(f"{folder.name}/ holds no series {uid}")
-    series = order_series(folder, by_uid[uid if uid is not None else pick_series(folder, by_uid, _series_choice)])
+    series = order_series(folder, by_uid[uid if uid is not None else pick_series(folder, by_uid, choice)])
     with _lock:
         if len(_geometry_cache) > 4096:
             _geometry_cache.clear()
-        _geometry_cache[_cache_key(folder, uid)] = series
+        _geometry_cache[_cache_key(folder, uid, choice)] = series
     return series
 
 
-def _cache_key(folder: Path, uid: str | None) -> tuple:
-    return folder.resolve(), _series_choice, uid, folder.stat().st_mtime_ns
+def _cache_key(folder: Path, uid: str | None, choice: str | None) -> tuple:
+    return folder.resolve(), choice, uid, folder.stat().st_mtime_ns
 
 
-def read_series_geometry(folder: Path, uid: str | None = None) -> Series:
-    """The chosen series of ``folder`` (``--series`` where several), from headers only (kept per folder)."""
+def read_series_geometry(folder: Path, uid: str | None = None, series: str | None = None) -> Series:
+    """Series ``uid`` of ``folder``, else the one ``series`` (``--series``: UID or description) names where the
+    folder holds several, from headers only (kept per folder and choice)."""
     with _lock:
-        cached = _geometry_cache.get(_cache_key(folder, uid))
-    return cached if cached is not None else _chosen(folder, list_series(folder), uid)
+        cached = _geometry_cache.get(_cache_key(folder, uid, series))
+    return cached if cached is not None else _chosen(folder, list_series(folder), uid, series)
 
 
-def read_series(folder: Path) -> ImageData:
-    """The series' pixels, slices in position order, with each slice's rescale slope and intercept applied
-    (as ITK applies them). One read per file with pydicom; SimpleITK's series reader (GDCM) where pydicom
-    cannot decode the pixels (compressed transfer syntaxes without a pydicom decoder) or a pixel has
-    several samples."""
-    key = _cache_key(folder, None)
+def read_series(folder: Path, series: str | None = None) -> ImageData:
+    """The series' pixels (``series``, as ``--series``, picks one where the folder holds several), slices in
+    position order, with each slice's rescale slope and intercept applied (as ITK applies them). One read
+    per file with pydicom; SimpleITK's series reader (GDCM) where pydicom cannot decode the pixels
+    (compressed transfer syntaxes without a pydicom decoder) or a pixel has several samples."""
+    key = _cache_key(folder, None, series)
     with _lock:
         if key in _pixel_cache:
             _pixel_cache.move_to_end(key)
             return _pixel_cache[key]
     datasets: dict[Path, object] = {}
-    series = _chosen(folder, list_series(folder, datasets), None)
+    chosen = _chosen(folder, list_series(folder, datasets), None, series)
     try:
-        array = _stack_pixels([datasets[s.path] for s in series.slices])
+        array = _stack_pixels([datasets[s.path] for s in chosen.slices])
     except Exception:  # pydicom cannot decode these: GDCM can
         array = None
     components = 1
     if array is None:
-        array, components = _itk_pixels(series)
-    if array.shape[:3] != series.shape:
+        array, components = _itk_pixels(chosen)
+    if array.shape[:3] != chosen.shape:
         raise DicomError(f"{folder.name}/: pixels of shape {array.shape[:3]} where the headers describe "
-                         f"{series.shape}")
+                         f"{chosen.shape}")
     array.flags.writeable = False  # shared by the checks and the conversion: read once, never changed
-    data = ImageData(array=array, spacing=series.spacing, origin=series.origin, direction=series.direction,
+    data = ImageData(array=array, spacing=chosen.spacing, origin=chosen.origin, direction=chosen.direction,
                      components=components)
     with _lock:
         _pixel_cache[key] = data
@@ -353,11 +353,12 @@ def _itk_pixels(series: Series) -> tuple[np.ndarray, int]:
     return sitk.GetArrayFromImage(image), image.GetNumberOfComponentsPerPixel()
 
 
-def series_image(folder: Path):
-    """The series as a SimpleITK image (for writing it as NIfTI into the work folder)."""
+def series_image(folder: Path, series: str | None = None):
+    """The series (``series`` picks one where the folder holds several) as a SimpleITK image (for writing it as
+    NIfTI into the work folder)."""
     import SimpleITK as sitk
 
-    data = read_series(folder)
+    data = read_series(folder, series)
     image = sitk.GetImageFromArray(data.array, isVector=data.components > 1)
     image.SetSpacing(data.spacing)
     image.SetOrigin(data.origin)
@@ -365,16 +366,18 @@ def series_image(folder: Path):
     return image
 
 
-def read_dicom(path: Path) -> ImageData:
-    """A series folder's pixels, or a ``.dcm`` file (a DICOM-SEG) on its series' grid."""
-    return read_series(path) if path.is_dir() else read_dicom_file(path)
+def read_dicom(path: Path, series: str | None = None) -> ImageData:
+    """A series folder's pixels (``series``: the one to read where it holds several), or a ``.dcm`` file (a
+    DICOM-SEG) on its series' grid."""
+    return read_series(path, series) if path.is_dir() else read_dicom_file(path)
 
 
-def read_dicom_header(path: Path) -> ImageHeader:
-    """The grid of a series folder (headers only) or of a DICOM-SEG (its series' grid)."""
+def read_dicom_header(path: Path, series: str | None = None) -> ImageHeader:
+    """The grid of a series folder (headers only; ``series`` as for :func:`read_dicom`) or of a DICOM-SEG (its
+    series' grid)."""
     if path.is_dir():
-        series = read_series_geometry(path)
-        return ImageHeader(series.spacing, series.origin, series.direction, 1, shape=series.shape)
+        grid = read_series_geometry(path, series=series)
+        return ImageHeader(grid.spacing, grid.origin, grid.direction, 1, shape=grid.shape)
     data = read_dicom_file(path)
     return ImageHeader(data.spacing, data.origin, data.direction, 1, shape=data.shape)
 

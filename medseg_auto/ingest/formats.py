@@ -83,12 +83,13 @@ class ImageHeader(Geometry):
         return len(self.shape)
 
 
-def read_header(path: Path) -> ImageHeader:
-    """Read only the header: checking a folder of large scans costs milliseconds per file, not a read."""
+def read_header(path: Path, series: str | None = None) -> ImageHeader:
+    """Read only the header: checking a folder of large scans costs milliseconds per file, not a read.
+    ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
     if path.is_dir() or image_ending(path) in DICOM_ENDINGS:
         from medseg_auto.ingest.dicom import read_dicom_header
 
-        return read_dicom_header(path)
+        return read_dicom_header(path, series)
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     if is_planar(path):
@@ -107,12 +108,13 @@ def read_header(path: Path) -> ImageHeader:
                        reader.GetNumberOfComponents(), shape=tuple(reversed(reader.GetSize())))
 
 
-def read_image(path: Path) -> ImageData:
-    """Read any supported image file; raises an exception with the library's message when it cannot."""
+def read_image(path: Path, series: str | None = None) -> ImageData:
+    """Read any supported image file; raises an exception with the library's message when it cannot.
+    ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
     if path.is_dir() or image_ending(path) in DICOM_ENDINGS:  # a DICOM series folder, a DICOM-SEG
         from medseg_auto.ingest.dicom import read_dicom
 
-        return read_dicom(path)
+        return read_dicom(path, series)
     if path.stat().st_size == 0:
         raise ValueError("the file is empty (0 bytes)")
     if is_planar(path):

@@ -45,6 +45,7 @@ class IngestOptions:
     folds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     skip_invalid: bool = False
     progress: bool = True
+    series: str | None = None  # --series: the DICOM series (UID or description) to read where a folder holds several
 
 
 @dataclass
@@ -62,6 +63,7 @@ class CheckedDataset:
     problems: list[Problem]  # warnings, and the errors of skipped cases
     seconds: float
     colour_names: dict[str, list[str]] = field(default_factory=dict)  # -i R,G,B: names of a colour key's channels
+    series: str | None = None  # --series, as checked: the conversion reads the same series
 
 
 def check_dataset(options: IngestOptions) -> CheckedDataset:
@@ -87,7 +89,7 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
     cases = [SourceCase(c.name, {k: c.channels[k] for k in keys}, c.label,
                         {k: c.volumes[k] for k in keys if k in c.volumes}) for c in cases]
     files = list(dict.fromkeys([(f, False) for c in cases for f in c.files()] + [(c.label, True) for c in cases]))
-    infos = scan_files(files, progress=options.progress)
+    infos = scan_files(files, progress=options.progress, series=options.series)
     rel = lambda f: relative_name(f, disc.root)  # noqa: E731 - a short local helper
     colour_names = _colour_names(cases, infos, keys, options) if image_type is not options.image_type else {}
     if colour_names:
@@ -116,7 +118,7 @@ def check_dataset(options: IngestOptions) -> CheckedDataset:
         raise DataProblems(problems, set())
     dims = {infos[f].ndim for c in usable for f in c.channels.values()}
     return CheckedDataset(disc, infos, usable, sorted(bad), keys, names, plan, dims == {2}, problems,
-                          time.perf_counter() - start, colour_names)
+                          time.perf_counter() - start, colour_names, options.series)
 
 
 def _colour_names(cases: list[SourceCase], infos: dict[Path, FileInfo], keys: list[str],
@@ -150,4 +152,4 @@ def convert(checked: CheckedDataset, workspace: Workspace, progress: bool = True
     """Write the checked dataset to nnU-Net raw in the work folder."""
     folder = workspace.reset_raw()
     return convert_dataset(folder, checked.cases, checked.infos, checked.channel_keys, checked.channel_names,
-                           checked.labels, checked.is_2d, progress, checked.colour_names)
+                           checked.labels, checked.is_2d, progress, checked.colour_names, checked.series)

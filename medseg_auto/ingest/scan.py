@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg_auto.ingest.dicom import DicomError
 from medseg_auto.ingest.formats import read_image, spatial_part
 
 # A label map with more distinct values than this is almost surely an image or a lossy (JPEG) mask.
@@ -26,6 +27,7 @@ class FileInfo:
     path: Path
     is_label: bool
     error: str | None = None
+    dicom_error: bool = False  # the error is a DICOM problem, whose message says how to fix it
     ndim: int = 0
     shape: tuple[int, ...] = ()
     spacing: tuple[float, ...] = ()
@@ -40,24 +42,27 @@ class FileInfo:
     volumes: int | None = None  # a 4D file: how many 3D volumes it holds (the geometry above is theirs)
 
 
-def scan_files(files: list[tuple[Path, bool]], workers: int | None = None, progress: bool = True) -> dict[Path, FileInfo]:
-    """Read ``(path, is_label)`` pairs in parallel; never raises for a bad file."""
+def scan_files(files: list[tuple[Path, bool]], workers: int | None = None, progress: bool = True,
+               series: str | None = None) -> dict[Path, FileInfo]:
+    """Read ``(path, is_label)`` pairs in parallel; never raises for a bad file. ``series`` (``--series``)
+    picks the series of a DICOM folder that holds several."""
     from tqdm import tqdm
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        jobs = pool.map(lambda item: scan_file(*item), files)
+        jobs = pool.map(lambda item: scan_file(*item, series=series), files)
         bar = tqdm(jobs, total=len(files), desc="Checking files", unit="file", file=sys.stderr,
                    disable=not progress or len(files) < 50, mininterval=1.0)
         return {info.path: info for info in bar}
 
 
-def scan_file(path: Path, is_label: bool) -> FileInfo:
+def scan_file(path: Path, is_label: bool, series: str | None = None) -> FileInfo:
     info = FileInfo(path=path, is_label=is_label)
     try:
-        image = read_image(path)
+        image = read_image(path, series)
     except Exception as e:  # any reader failure is the user's file, reported, not raised
         info.error = reader_message(e)
+        info.dicom_error = isinstance(e, DicomError)
         return info
     geometry = image
     if image.ndim == 4:  # checked and converted as its volumes (the Decathlon's channels), all on one grid
@@ -80,7 +85,10 @@ def scan_file(path: Path, is_label: bool) -> FileInfo:
 
 
 def reader_message(e: Exception) -> str:
-    """The useful line of a reader's exception (ITK's carry source paths and stack lines)."""
+    """The useful line of a reader's exception (ITK's carry source paths and stack lines), cut at 200
+    characters; a :class:`DicomError` whole (ours: it names every series of a folder, and the fix)."""
+    if isinstance(e, DicomError):
+        return str(e).strip()
     text = str(e).strip().splitlines()
     useful = [line.strip() for line in text if line.strip() and not line.startswith(("/", "sitk::"))]
     return (useful[-1] if useful else type(e).__name__)[:200]

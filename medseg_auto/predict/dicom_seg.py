@@ -19,14 +19,15 @@ _CATEGORY = ("91723000", "SCT", "Anatomical Structure")
 
 
 def write_dicom_seg(segmentation: np.ndarray, path: Path, series_folder: Path,
-                    segments: list[tuple[str, tuple[int, ...]]]) -> Path:
+                    segments: list[tuple[str, tuple[int, ...]]], series_choice: str | None = None) -> Path:
     """Write ``segmentation`` (the series' numpy-order shape, slices in position order) as a DICOM-SEG with
-    one segment per ``(name, values)``: the voxels whose value is one of ``values``."""
+    one segment per ``(name, values)``: the voxels whose value is one of ``values``. ``series_choice``
+    (``--series``) picks the series where the folder holds several."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
-    series = read_series_geometry(series_folder)
+    series = read_series_geometry(series_folder, series=series_choice)
     if segmentation.shape != series.shape:
         raise ValueError(f"segmentation of shape {segmentation.shape} for a series of shape {series.shape}")
     sources = [pydicom.dcmread(s.path) for s in series.slices]

@@ -67,19 +67,22 @@ class CasePredictor(Protocol):
         """Segment one scan; ``progress`` receives fractions of the scan done, summing to 1."""
 
 
-def read_scan(scan: Scan, bundle: Bundle) -> ScanImage:
+def read_scan(scan: Scan, bundle: Bundle, series: str | None = None) -> ScanImage:
     """Read a scan's files as the model's channels (colour split into R, G, B where the model was trained
-    on colour); raises :class:`CaseError` for pixels nnU-Net must not see (NaN, unreadable)."""
+    on colour); raises :class:`CaseError` for pixels nnU-Net must not see (NaN, unreadable). ``series``
+    (``--series``) picks the series of a DICOM folder that holds several."""
     arrays = []
     spacing: tuple[float, ...] = ()
     for i, (f, channel) in enumerate(zip(scan.files, bundle.channels)):
         try:
-            image = read_volume(f, scan.volumes[i]) if scan.volumes else read_image(f)
+            image = read_volume(f, scan.volumes[i]) if scan.volumes else read_image(f, series)
         except Exception as e:  # the user's file, reported with the case
+            from medseg_auto.ingest.checks import DICOM_FIX
+            from medseg_auto.ingest.dicom import DicomError
             from medseg_auto.ingest.scan import reader_message
 
-            raise CaseError(Problem(scan.name, f.name, f"cannot read the pixels: {reader_message(e)}",
-                                    "re-export or replace the file")) from None
+            fix = DICOM_FIX if isinstance(e, DicomError) else "re-export or replace the file"
+            raise CaseError(Problem(scan.name, f.name, f"cannot read the pixels: {reader_message(e)}", fix)) from None
         array = image.array
         if image.components > 1 and channel.colour:
             arrays += [array[..., i] for i in range(3)]

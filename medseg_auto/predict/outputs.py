@@ -23,31 +23,26 @@ VOLUMES_CSV = "volumes.csv"
 OUTPUT_FORMATS = ("auto", "dicom-seg")
 METRICS_CSV = "metrics.csv"
 _LOSSY = (".jpg", ".jpeg", ".gif")
+# ``--output-format dicom-seg``: DICOM series scans are written as DICOM-SEGs holding the model's segments,
+# (name, label values) each (``dicom_seg.model_segments``); None: as NIfTI (the default).
+Segments = list[tuple[str, tuple[int, ...]]]
 
 
-# ``--output-format dicom-seg``: the model's segments, (name, label values), while DICOM-SEG is asked for.
-_dicom_seg_segments: list[tuple[str, tuple[int, ...]]] | None = None
-
-
-def use_dicom_seg(segments: list[tuple[str, tuple[int, ...]]] | None) -> None:
-    """Write DICOM series scans as DICOM-SEG with these segments (None: as NIfTI, the default)."""
-    global _dicom_seg_segments
-    _dicom_seg_segments = segments
-
-
-def output_file(folder: Path, scan: Scan) -> Path:
+def output_file(folder: Path, scan: Scan, segments: Segments | None = None) -> Path:
     """``OUT/<scan><ending>``: the scan's own file type, PNG for lossy 2D types; for a DICOM series NIfTI,
-    or a DICOM-SEG (``.dcm``) with ``--output-format dicom-seg``."""
+    or a DICOM-SEG (``.dcm``) with ``segments`` (``--output-format dicom-seg``)."""
     if scan.files[0].is_dir():
-        return folder / f"{scan.name}{'.dcm' if _dicom_seg_segments is not None else '.nii.gz'}"
+        return folder / f"{scan.name}{'.dcm' if segments is not None else '.nii.gz'}"
     ending = scan.ending
     return folder / f"{scan.name}{'.png' if ending in _LOSSY else ending}"
 
 
-def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: bool) -> list[Path]:
+def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: bool,
+                   segments: Segments | None = None) -> list[Path]:
     """The output files, after refusing (exit 2, nothing written) an output folder that holds results
-    (unless ``overwrite``), that is the input folder or inside it, or a name that is an input file."""
-    if _dicom_seg_segments is not None and not all(s.files[0].is_dir() for s in scans):
+    (unless ``overwrite``), that is the input folder or inside it, or a name that is an input file; with
+    ``segments`` (DICOM-SEG outputs), any scan that is not a DICOM series."""
+    if segments is not None and not all(s.files[0].is_dir() for s in scans):
         other = next(s for s in scans if not s.files[0].is_dir())
         raise InputError(f"--output-format dicom-seg: {other.name} ({other.files[0].name}) is not a DICOM series; a "
                          f"DICOM-SEG references the series it segments. Leave out --output-format for other scans.")
@@ -56,7 +51,7 @@ def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: boo
     if inputs.is_dir() and (folder == root or root in folder.parents):
         raise InputError(f"-o {folder}: the output folder must not be the input folder or inside it (the "
                          f"segmentations would mix with the scans). Choose another -o, e.g. {root.parent / 'predictions'}.")
-    outputs = [output_file(folder, s) for s in scans]
+    outputs = [output_file(folder, s, segments) for s in scans]
     inputs_set = {f.resolve() for s in scans for f in s.files}
     clash = [o for o in outputs if o in inputs_set]
     if clash:
@@ -72,15 +67,17 @@ def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: boo
     return outputs
 
 
-def write_segmentation(segmentation: np.ndarray, path: Path, scan: Scan) -> Path:
+def write_segmentation(segmentation: np.ndarray, path: Path, scan: Scan, segments: Segments | None = None,
+                       series: str | None = None) -> Path:
     """Write ``segmentation`` (the scan's numpy-order shape) in the scan's format and geometry; returns
-    the path written (PNG where the scan's 2D type cannot hold labels)."""
+    the path written (PNG where the scan's 2D type cannot hold labels). A ``.dcm`` path is a DICOM-SEG
+    holding ``segments``, referencing the series of the scan's folder (``series`` picks it where several)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if scan.files[0].is_dir():  # a DICOM series: NIfTI in its geometry, or a DICOM-SEG referencing it
         if image_ending(path) == ".dcm":
             from medseg_auto.predict.dicom_seg import write_dicom_seg
 
-            _atomic(path, lambda tmp: write_dicom_seg(segmentation, tmp, scan.files[0], _dicom_seg_segments))
+            _atomic(path, lambda tmp: write_dicom_seg(segmentation, tmp, scan.files[0], segments, series))
         else:
             _atomic(path, lambda tmp: _write_itk(segmentation, tmp, scan.header))
         return path

@@ -23,8 +23,8 @@ from medseg_auto.ingest.problems import Problem, format_table
 from medseg_auto.metrics import evaluate, nanmean
 from medseg_auto.predict.bundle import Bundle, open_bundle
 from medseg_auto.predict.engine import CaseError, ScanImage, Settings, case_predictor, read_scan
-from medseg_auto.predict.outputs import (METRICS_CSV, VOLUMES_CSV, prepare_output, volume_row, write_csv,
-                                         write_probabilities, write_segmentation)
+from medseg_auto.predict.outputs import (METRICS_CSV, OUTPUT_FORMATS, VOLUMES_CSV, Segments, prepare_output,
+                                         volume_row, write_csv, write_probabilities, write_segmentation)
 from medseg_auto.predict.preview import FOLDER as PREVIEW_FOLDER
 from medseg_auto.predict.scans import Scan, find_references, find_scans
 
@@ -42,6 +42,8 @@ class PredictOptions:
     overwrite: bool = False
     progress: bool = True
     preview: bool = False        # also preview/NAME.png per scan and preview/index.html
+    series: str | None = None    # DICOM: the series (UID or description) to read where a folder holds several
+    output_format: str = "auto"  # "dicom-seg": a DICOM-SEG per DICOM series scan (else NIfTI)
 
 
 @dataclass
@@ -63,10 +65,17 @@ class ScansFailed(InputError):
 
 def predict(opts: PredictOptions) -> PredictSummary:
     """Segment every scan of ``opts.scans`` with the bundle ``opts.model`` into ``opts.output``."""
+    if opts.output_format not in OUTPUT_FORMATS:
+        raise InputError(f"--output-format {opts.output_format}: use one of {', '.join(OUTPUT_FORMATS)}")
     bundle = open_bundle(opts.model, opts.folds)
-    found = find_scans(opts.scans, bundle, opts.ending)
+    segments = None
+    if opts.output_format == "dicom-seg":
+        from medseg_auto.predict.dicom_seg import model_segments
+
+        segments = model_segments(bundle)
+    found = find_scans(opts.scans, bundle, opts.ending, opts.series)
     references = find_references(opts.labels_dir, found.scans) if opts.labels_dir else {}
-    outputs = prepare_output(opts.output, found.scans, opts.scans, opts.overwrite)
+    outputs = prepare_output(opts.output, found.scans, opts.scans, opts.overwrite, segments)
     _print_plan(bundle, found, references, opts)
 
     from medseg_auto.device import select_device
@@ -78,7 +87,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
     predictor = case_predictor(bundle, opts.settings, device)
     load_seconds = time.perf_counter() - start
     print(f"Model loaded on {device.type} in {load_seconds:.1f} s.", file=sys.stderr)
-    run = _Run(bundle, predictor, opts, references)
+    run = _Run(bundle, predictor, opts, references, segments)
     written = run.all(found.scans, outputs)
     predict_seconds = time.perf_counter() - start - load_seconds
     classes = [c.name for c in bundle.classes]
@@ -104,8 +113,10 @@ def predict(opts: PredictOptions) -> PredictSummary:
 class _Run:
     """The loop over scans: read ahead, predict, write behind, one progress bar with an ETA."""
 
-    def __init__(self, bundle: Bundle, predictor, opts: PredictOptions, references: dict[str, Path]):
+    def __init__(self, bundle: Bundle, predictor, opts: PredictOptions, references: dict[str, Path],
+                 segments: Segments | None = None):
         self.bundle, self.predictor, self.opts, self.references = bundle, predictor, opts, references
+        self.segments = segments  # DICOM-SEG outputs: the model's segments
         self.volumes: list[dict] = []
         self.metrics: list[dict] = []
         self.failed: list[Problem] = []
@@ -120,7 +131,7 @@ class _Run:
                    bar_format="{l_bar}{bar}| {n:.1f}/{total} scans [{elapsed}<{remaining}]{postfix}")
         start = time.perf_counter()
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-            ahead: Future = reader.submit(read_scan, scans[0], self.bundle)
+            ahead: Future = reader.submit(read_scan, scans[0], self.bundle, self.opts.series)
             pending: Future | None = None
             for i, (scan, output) in enumerate(zip(scans, outputs)):
                 bar.set_postfix_str(scan.name)
@@ -130,7 +141,7 @@ class _Run:
                     image = None
                     self.failed.append(e.problem)
                 if i + 1 < len(scans):
-                    ahead = reader.submit(read_scan, scans[i + 1], self.bundle)
+                    ahead = reader.submit(read_scan, scans[i + 1], self.bundle, self.opts.series)
                 if image is not None:
                     prediction = self.predictor.predict(image, bar.update)
                     if pending is not None:
@@ -151,7 +162,8 @@ class _Run:
         segmentation = np.asarray(prediction.segmentation)
         if self.bundle.is_2d:
             segmentation = segmentation.reshape(scan.header.shape)
-        path = write_segmentation(self.bundle.to_original(segmentation), output, scan)
+        path = write_segmentation(self.bundle.to_original(segmentation), output, scan, self.segments,
+                                  self.opts.series)
         if prediction.probabilities is not None:
             probabilities = prediction.probabilities.reshape(-1, *scan.header.shape)  # 2D: no dummy axis
             write_probabilities(probabilities, output.parent / f"{scan.name}_probabilities.npz", self._class_names())

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import channel_keys, same_channel
-from medseg_auto.ingest.checks import geometry_differences
-from medseg_auto.ingest.dicom import describe_dicom_file, is_dicom_file, is_series_folder
+from medseg_auto.ingest.checks import DICOM_FIX, UNREADABLE_FIX, geometry_differences
+from medseg_auto.ingest.dicom import DicomError, describe_dicom_file, is_dicom_file, is_series_folder
 from medseg_auto.ingest.formats import DICOM_ENDINGS
 from medseg_auto.ingest.dataset_json import read_dataset_json
 from medseg_auto.ingest.formats import VOLUME_ENDINGS, ImageHeader, image_ending, read_header, spatial_part, stem
@@ -68,9 +68,10 @@ class ScanProblems(InputError):
                          f"affected). Fix them and rerun; nothing was predicted or written.")
 
 
-def find_scans(path: Path, bundle: Bundle, ending: str | None = None) -> FoundScans:
+def find_scans(path: Path, bundle: Bundle, ending: str | None = None, series: str | None = None) -> FoundScans:
     """Discover the scans under ``path`` and check their headers against the model; raises
-    :class:`ScanProblems` (exit 2) listing every problem, or :class:`InputError` when nothing is found."""
+    :class:`ScanProblems` (exit 2) listing every problem, or :class:`InputError` when nothing is found.
+    ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
     if not path.exists():
         raise InputError(f"-i {path}: no such file or folder.")
     channels = bundle.channels
@@ -101,7 +102,7 @@ def find_scans(path: Path, bundle: Bundle, ending: str | None = None) -> FoundSc
     if not found.scans and not found.problems:
         raise InputError(f"-i {path}: no image files found (looked for NIfTI, NRRD, MHA/MHD and 2D image files"
                          f"{' ending in ' + ending if ending else ''}).")
-    _check_headers(found, bundle)
+    _check_headers(found, bundle, series)
     if found.problems:
         raise ScanProblems(found.problems, found.root)
     return found
@@ -274,8 +275,9 @@ def _single_case_name(f: Path, files: list[Path]) -> str:
     return stem(f)
 
 
-def _check_headers(found: FoundScans, bundle: Bundle) -> None:
-    """Readable, the model's dimensionality, channels on one grid, no duplicate output names."""
+def _check_headers(found: FoundScans, bundle: Bundle, series: str | None = None) -> None:
+    """Readable, the model's dimensionality, channels on one grid, no duplicate output names. ``series``
+    (``--series``) picks the series of a DICOM folder that holds several."""
     want = 2 if bundle.is_2d else 3
     seen: dict[str, Path] = {}
     for scan in found.scans:
@@ -283,11 +285,10 @@ def _check_headers(found: FoundScans, bundle: Bundle) -> None:
         for f, channel in zip(scan.files, bundle.channels):
             where = relative_name(f, found.root)
             try:
-                header = read_header(f)
+                header = read_header(f, series)
             except Exception as e:  # the user's file: reported, not raised
                 found.problems.append(Problem(scan.name, where, f"cannot read the file: {reader_message(e)}",
-                                              "re-export or replace the file (is it complete, and really this "
-                                              "format?)"))
+                                              DICOM_FIX if isinstance(e, DicomError) else UNREADABLE_FIX))
                 continue
             if scan.volumes is not None and header.ndim == 4:
                 header = spatial_part(header)
