@@ -198,9 +198,12 @@ def test_hippocampus_bundle_predicts_decathlon_imagests(trained, tmp_path):
         assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_brats_4d_trains_and_predicts_imagests(tmp_path):
     """End to end on the 4D two-channel task: a short training, then imagesTs/ predicted, each 4D scan split
-    as in training and a 3D label map written in its geometry."""
+    as in training and a 3D label map written in its geometry. Slow (3 minutes): the default run covers its
+    parts without training (the 4D split at conversion, 4D scans matched to channels at prediction, a
+    Decathlon imagesTs/ predicted by the shared hippocampus bundle)."""
     project = tmp_path / "project"
     make_msd_brats(project / "input_train" / "brats4d", tmp_path, n=4, n_test=2)
     done = subprocess.run(train_command(project, "brats4d", "-c", "3d_fullres", minutes=3, folds="full"),
