@@ -175,14 +175,21 @@ def _read_meta(folder: Path) -> DatasetJson | None:
     return read_dataset_json(folder / "dataset.json") if (folder / "dataset.json").is_file() else None
 
 
+def _start_imagestr(folder: Path, layout: str, label_pattern: str | None, ending: str | None,
+                    labels_dir: str | None) -> tuple[Discovery, dict[str, Path], Path, str | None]:
+    """What the two ``imagesTr/`` layouts share: the dataset.json (and its file ending), the scans to predict
+    named, the training labels' folder chosen."""
+    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
+    meta = _read_meta(folder)
+    ending = ending or (meta.file_ending if meta else None)
+    disc = Discovery(root=folder, layout=layout, cases=[], dataset_json=meta)
+    _list_to_predict(disc, subdirs, ending)
+    return disc, subdirs, _training_label_dir(disc, subdirs, ending, label_pattern, labels_dir), ending
+
+
 def _discover_nnunet(folder: Path, label_pattern: str | None, ending: str | None,
                      labels_dir: str | None = None) -> Discovery:
-    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
-    dataset_json = _read_meta(folder)
-    ending = ending or (dataset_json.file_ending if dataset_json else None)
-    disc = Discovery(root=folder, layout="nnunet_raw", cases=[], dataset_json=dataset_json)
-    _list_to_predict(disc, subdirs, ending)
-    label_dir = _training_label_dir(disc, subdirs, ending, label_pattern, labels_dir)
+    disc, subdirs, label_dir, ending = _start_imagestr(folder, "nnunet_raw", label_pattern, ending, labels_dir)
     images: dict[str, dict[str, Path]] = {}
     for f in list_image_files(subdirs["imagestr"], ending, disc.ignored, disc.hidden):
         m = NNUNET_CHANNEL.match(stem(f))
@@ -200,12 +207,8 @@ def _discover_decathlon(folder: Path, label_pattern: str | None, ending: str | N
                         labels_dir: str | None = None) -> Discovery:
     """One file per case in ``imagesTr/`` (3D, or 4D with one volume per channel of ``modality``), its label
     of the same name in ``labelsTr/``. nnU-Net v1's folders (same dataset.json, ``_0000`` files) too."""
-    subdirs = {d.name.lower(): d for d in list_subdirs(folder)}
-    meta = _read_meta(folder)
-    ending = ending or (meta.file_ending if meta else None)
-    disc = Discovery(root=folder, layout="decathlon", cases=[], dataset_json=meta)
-    _list_to_predict(disc, subdirs, ending)
-    label_dir = _training_label_dir(disc, subdirs, ending, label_pattern, labels_dir)
+    disc, subdirs, label_dir, ending = _start_imagestr(folder, "decathlon", label_pattern, ending, labels_dir)
+    meta = disc.dataset_json
     files = list_image_files(subdirs["imagestr"], ending, disc.ignored, disc.hidden)
     labels = {stem(f): f for f in list_image_files(label_dir, ending, disc.ignored, disc.hidden)}
     names = meta.channels if meta and meta.channels else [""]
