@@ -301,3 +301,18 @@ def test_cascade_trains_and_predicts_on_brats_crops_and_falls_back_on_an_empty_r
     result = predictor.predict(ScanImage(data, [float(s) for s in image.header.get_zooms()[::-1]]))
     assert predictor.fallbacks == 1 and "found nothing" in capsys.readouterr().err
     assert result.segmentation.shape == data.shape[1:]
+
+
+def test_the_crop_model_built_outside_the_runner_validates_alone_and_says_so(monkeypatch):
+    """nnUNetv2_train builds the trainer without the fold's ROI model: its final validation is nnU-Net's own
+    over whole volumes (logged), not a KeyError after the training."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from medseg_auto.trainers.cascade import nnUNetTrainerCascadeCoord
+
+    calls, log = [], []
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", lambda self, save=False: calls.append(save))
+    trainer = nnUNetTrainerCascadeCoord.__new__(nnUNetTrainerCascadeCoord)
+    trainer.print_to_log_file = lambda *a, **k: log.append(" ".join(map(str, a)))
+    trainer.validate_held_out_cases(False)
+    assert calls == [False] and "No ROI model given" in log[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -33,6 +32,7 @@ def _refused(train_cli, project, *args) -> str:
     ('{"modality": {"0": "MRI"}, "labels": ["background", "a"]}', '"labels" is a list'),
     ('{"modality": {"0": "MRI"}, "labels": {"0": "background", "1": ["a"]}}', 'value 1 is named ["a"]'),
     ('{"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "a"}}', "given to values 1 and 2"),
+    ('{"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "a "}}', "given to values 1 and 2"),
     ('{"modality": {"0": "MRI"}, "labels": {"0": "background"}, "training": {"a": 1}}', '"training" is a dict'),
     ('{"modality": {"0": "MRI"}, "labels": {"0": "background"}, "training": [1]}', '"training" item 0'),
     ('{"modality": {"0": "MRI"}, "labels": {"0": "background"}, "test": [3]}', '"test" must list'),

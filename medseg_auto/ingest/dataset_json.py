@@ -81,9 +81,10 @@ def _read_decathlon(path: Path, raw: dict) -> DatasetJson:
                          f"to names, e.g. {{\"0\": \"background\", \"1\": \"tumour\"}}")
         if not isinstance(name, str) or not name.strip():
             raise _shape(path, "\"labels\"", f"value {int(key)} is named {json.dumps(name)}, not a name")
+        name = name.strip()
         if name in labels:
             raise _shape(path, "\"labels\"", f"the name '{name}' is given to values {labels[name]} and {int(key)}")
-        labels[name.strip()] = int(key)
+        labels[name] = int(key)
     training = []
     for i, item in enumerate(_list(path, raw, "training")):
         if not isinstance(item, dict) or not isinstance(item.get("image"), str) or \

@@ -174,8 +174,12 @@ class _Run:
         if self.opts.preview:  # in the writer thread: drawn while the network segments the next scan
             from medseg_auto.predict.preview import write_preview
 
-            self.previews.append(write_preview(self.opts.output / PREVIEW_FOLDER, self.bundle, scan.name,
-                                               scan.files[0], path, self.references.get(scan.name)))
+            try:
+                self.previews.append(write_preview(self.opts.output / PREVIEW_FOLDER, self.bundle, scan.name,
+                                                   scan.files[0], path, self.references.get(scan.name)))
+            except Exception as e:  # a picture must not cost the segmentations (e.g. a 4D or DICOM scan)
+                print(f"  --preview: no picture for {scan.name} ({type(e).__name__}: {e}); its segmentation "
+                      f"is written", file=sys.stderr)
         return path
 
     def _class_names(self) -> list[str]:

@@ -263,6 +263,10 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
         from medseg_auto.predict.cascade import Cascade
         from medseg_auto.predict.engine import ScanImage, Settings, SlidingWindow
 
+        if "roi" not in self.earlier_stage_folders:  # built outside medseg_auto's runner (nnUNetv2_train)
+            self.print_to_log_file("No ROI model given (earlier_stage_folders['roi']): nnU-Net's whole-volume "
+                                   "validation of this model alone instead of the cascade's.")
+            return super().validate_held_out_cases(save_probabilities)
         self.set_deep_supervision_enabled(False)
         self.network.eval()
         settings = Settings(mirroring=self.inference_allowed_mirroring_axes is not None)
