@@ -54,7 +54,7 @@ def split_cases(dataset: Path, work: Path, heldout: int, train_cases: int | None
     return work / "input_train" / dataset.name, work / "heldout"
 
 
-def run_plain(work: Path, name: str, seconds: float) -> None:
+def run_plain(work: Path, name: str, seconds: float, device: str = "cpu") -> None:
     """In this process: nnU-Net's default trainer on our run's preprocessed data, stopped after
     ``seconds``; then its own predictor on the held-out scans. Writes ``plain.json``."""
     sys.path.insert(0, str(REPO))
@@ -86,7 +86,7 @@ def run_plain(work: Path, name: str, seconds: float) -> None:
     plans = json.loads((pre / f"{PLANS_IDENTIFIER}.json").read_text()) | {"continue_training": False}
     narrow_network(plans, "3d_fullres", 1.0)  # nnU-Net's network as it planned it, where ours was narrowed
     trainer = Stopwatch(plans, "3d_fullres", 0, json.loads((pre / "dataset.json").read_text()),
-                        torch.device("cpu"))
+                        torch.device(device))
     start = time.monotonic()
     trainer.deadline = start + seconds
     try:
@@ -112,8 +112,8 @@ def run_plain(work: Path, name: str, seconds: float) -> None:
         if not link.exists():
             link.symlink_to(f.resolve())
     for mirroring, out in ((False, "pred_plain"), (True, "pred_plain_tta")):
-        predictor = nnUNetPredictor(use_mirroring=mirroring, device=torch.device("cpu"),
-                                    perform_everything_on_device=False, allow_tqdm=False)
+        predictor = nnUNetPredictor(use_mirroring=mirroring, device=torch.device(device),
+                                    perform_everything_on_device=device == "cuda", allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(folder.parent), use_folds=(0,),
                                                        checkpoint_name="checkpoint_best.pth")
         predictor.predict_from_files(str(named), str(work / out), overwrite=True,
@@ -134,12 +134,13 @@ def main() -> int:
     p.add_argument("--ours-only", action="store_true", help="stop after our half (a rerun adds nnU-Net's)")
     p.add_argument("--train-args", default="", help="more exe_train.py flags for our half, to try a setting "
                    "against the defaults (e.g. '--decay-fraction 0.5')")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both train and predict")
     p.add_argument("--plain-seconds", type=float, help=argparse.SUPPRESS)
     args = p.parse_args()
     name = args.dataset.name
     work = args.work or Path(f"/tmp/dice_at_budget_{name}_{args.minutes:g}")
     if args.plain_seconds:
-        run_plain(work, name, args.plain_seconds)
+        run_plain(work, name, args.plain_seconds, args.device)
         return 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     bundle = work / "output_models" / name
@@ -157,16 +158,18 @@ def main() -> int:
         start = time.monotonic()
         subprocess.run([sys.executable, str(REPO / "exe_train.py"), "-d", name, "-l", args.labels, "-f", "0", "-t",
                         f"{args.minutes:g}", "--keep-work", "--input-dir", str(work / "input_train"), "--work-dir",
-                        str(work / "work"), "--output-dir", str(work / "output_models"), *shlex.split(args.train_args)],
+                        str(work / "work"), "--output-dir", str(work / "output_models"), "--device", args.device,
+                        *shlex.split(args.train_args)],
                        check=True, env=clean)
         ours_wall = time.monotonic() - start
         for flags, out in ((["--no-tta"], "pred_ours"), ([], "pred_ours_tta")):
             subprocess.run([sys.executable, str(REPO / "exe_predict.py"), "-m", str(bundle), "-i",
-                            str(heldout / "images"), "-o", str(work / out), "--quiet"] + flags, check=True, env=clean)
+                            str(heldout / "images"), "-o", str(work / out), "--quiet", "--device", args.device]
+                           + flags, check=True, env=clean)
         ours_file.write_text(json.dumps({"wall": ours_wall}))
         if args.ours_only:
             names = json.loads((bundle / "model_card.json").read_text())["labels"]["names"]
-            print(describe("cpu"))
+            print(describe(args.device))
             for tta in (False, True):
                 d, per = mean_dice(work / f"pred_ours{'_tta' if tta else ''}", heldout / "labels", names)
                 print(f"ours, {'mirrored' if tta else 'no mirroring'}: mean Dice {d:.4f} ({per})")
@@ -179,14 +182,15 @@ def main() -> int:
     # a fresh results folder for it: ours stays where the bundle came from
     shutil.rmtree(work / "work" / name / "nnUNet_results", ignore_errors=True)
     subprocess.run([sys.executable, __file__, "--dataset", str(args.dataset), "--minutes", f"{args.minutes:g}",
-                    "--work", str(work), "--plain-seconds", str(fold["seconds"])], check=True, env=clean)
+                    "--work", str(work), "--plain-seconds", str(fold["seconds"]), "--device", args.device],
+                   check=True, env=clean)
     plain = json.loads((work / "plain.json").read_text())
 
     names = card["labels"]["names"]
     dice = {(engine, tta): mean_dice(work / f"pred_{engine}{'_tta' if tta else ''}", heldout / "labels", names)
             for engine in ("ours", "plain") for tta in (False, True)}
 
-    print(f"\n{describe('cpu')}; {name}: "
+    print(f"\n{describe(args.device)}; {name}: "
           f"{card['training_cases']} training cases (fold 0 of nnU-Net's split), {args.heldout} held-out cases\n")
     print("| | budget | wall time | training time | iterations x batch | samples seen | mean Dice, no mirroring "
           "| mean Dice, mirrored | per label (mirrored) |")

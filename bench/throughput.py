@@ -47,6 +47,7 @@ PROBES = {
     "ours DA in main process": ("nnUNetTrainerTimeBudget", OURS_ENV | {"nnUNet_n_proc_DA": "0"}, {}),
     "ours DA 2 workers": ("nnUNetTrainerTimeBudget", OURS_ENV | {"nnUNet_n_proc_DA": "2"}, {}),
     "ours 1 torch thread": ("nnUNetTrainerTimeBudget", OURS_ENV, {"threads": 1}),
+    "nnunet 1 torch thread": ("nnUNetTrainer", {}, {"threads": 1}),
     "ours torch.compile": ("nnUNetTrainerTimeBudget", OURS_ENV, {"compile": True}),
     "ours nnU-Net's width": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 1.0}),
     "ours width 0.375": ("nnUNetTrainerTimeBudget", OURS_ENV, {"width": 0.375}),

@@ -69,16 +69,18 @@ def estimate_plan_seconds(voxels: int, cases: int) -> float:
     return 20.0 + 0.5e-6 * voxels + 0.02 * cases
 
 
-def budget_advice(budget: float, folds: list, per_fold: float) -> str | None:
-    """A warning with numbers when each fold gets too little time to be useful, or None."""
+def budget_advice(budget: float, folds: list, per_fold: float, rounds: int | None = None) -> str | None:
+    """A warning with numbers when each fold gets too little time to be useful, or None. ``rounds``: the
+    folds train in this many rounds (default: one after another)."""
     if per_fold >= USEFUL_FOLD_SECONDS:
         return None
     n = len(folds)
+    rounds = n if rounds is None else rounds
     text = (f"The budget of {fmt_duration(budget)} leaves about {fmt_duration(per_fold)} of training per fold "
-            f"for {n} fold{'s' if n > 1 else ''}; a useful model needs at least "
-            f"{fmt_duration(USEFUL_FOLD_SECONDS)} per fold.")
-    if n > 1:
-        text += f" Consider -f 0 (one fold would get about {fmt_duration(per_fold * n)}) or a larger -t."
+            f"for {n} fold{'s' if n > 1 else ''}{' at once' if rounds < n else ''}; a useful model needs at "
+            f"least {fmt_duration(USEFUL_FOLD_SECONDS)} per fold.")
+    if rounds > 1:
+        text += f" Consider -f 0 (one fold would get about {fmt_duration(per_fold * rounds)}) or a larger -t."
     else:
         text += " Consider a larger -t."
     return text

@@ -5,7 +5,7 @@ loads it for standard trainers)::
 
     dataset.json  plans.json  dataset_fingerprint.json
     fold_K/checkpoint_final.pth  fold_K/progress.png
-    medseg_auto.json   (what prediction needs beyond nnU-Net: channels, label mapping back, trainer)
+    medseg_auto.json   (medseg_auto.manifest: what prediction needs beyond nnU-Net: channels, labels, trainer)
     model_card.json  README.md  report.html  report_files/ (the report's overlays of validation cases)
 
 The bundle is written beside its destination, verified by loading it with nnU-Net's predictor, then
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from medseg_auto.errors import InputError, MedsegError
+from medseg_auto.manifest import MANIFEST, BundleManifest
 from medseg_auto.workspace import write_json_atomic
 
-MANIFEST = "medseg_auto.json"
 CHECKPOINT = "checkpoint_final.pth"
 
 
@@ -34,8 +34,9 @@ def refuse_existing(bundle: Path, overwrite: bool) -> None:
                          f"the old model away, or add --overwrite to replace it after the new one is verified.")
 
 
-def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_trainer: str, manifest: dict,
-                  card: dict, readme: str, overwrite: bool, parts: dict[str, Path] | None = None) -> Path:
+def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_trainer: str,
+                  manifest: BundleManifest, card: dict, readme: str, overwrite: bool,
+                  parts: dict[str, Path] | None = None) -> Path:
     """Write, verify and move the bundle into place; returns its path. ``parts``: the results folders of a
     multi-stage model's earlier stages, each exported as an nnU-Net model folder of that name inside."""
     refuse_existing(bundle, overwrite)
@@ -48,7 +49,7 @@ def export_bundle(bundle: Path, results_folder: Path, folds: list, inference_tra
         folders = {"": results_folder, **(parts or {})}  # "": the bundle's own model, at its top
         for name, folder in folders.items():
             _write_model_folder(tmp / name, folder, folds, inference_trainer)
-        write_json_atomic(tmp / MANIFEST, manifest)
+        manifest.write(tmp / MANIFEST)
         write_json_atomic(tmp / "model_card.json", card)
         (tmp / "README.md").write_text(readme)
         write_report_safely(tmp, card, results_folder)

@@ -55,6 +55,11 @@ class RunOptions:
     advise_budget: bool = True               # warn when folds get little time (off for --example)
     settings: dict = field(default_factory=dict)  # trainer settings (FoldBudget fields) from the CLI
     trainer_options: dict = field(default_factory=dict)  # for the trainer's plans (dual-branch: branches, fuse_stage)
+    workers: int = 1                         # CPU: folds trained at once, each in its own process (cores split)
+    gpus: list | None = None                 # CUDA: GPU indices for folds at once (None: every visible GPU)
+    ddp: int = 1                             # ranks (GPUs) per fold through torchrun
+    nnodes: int = 1                          # machines a fold's ranks span (torchrun's rendezvous)
+    rdzv_endpoint: str | None = None         # HOST:PORT where they meet
 
     def identity(self) -> dict:
         """What must match for a rerun to continue an interrupted run (the budget may change)."""
@@ -95,6 +100,8 @@ class _Run:
         self.stop = stop
         self.pretrained = None  # a PretrainedBundle once checked
         self.stages: list = []  # the models trained on each fold, in order (one, or the cascade's two)
+        self.slots: list = []  # fold processes at once (medseg_auto.parallel); none: folds in turn, here
+        self.nnunet_env_ours: set = set()  # nnU-Net's variables we set (not the user): fold processes get shares
         self.record: dict = {}
 
     # -- the phases --------------------------------------------------------------------------------------
@@ -133,13 +140,14 @@ class _Run:
 
     def _plan_train_export(self) -> Path | None:
         from medseg_auto.device import describe_device, select_device
+        from medseg_auto.parallel import fold_slots, rendezvous_arguments
         from medseg_auto.plan import CPU_WIDTH, lowres_hint, plan_and_preprocess
         from medseg_auto.train import configure_nnunet_processes, training_settings
         from medseg_auto.trainers import trainer_class as get_trainer
 
         device = select_device(self.opts.device)
         print(f"[device] {describe_device(device)}", file=sys.stderr)
-        configure_nnunet_processes(device.type)  # before nnunetv2 is imported: it reads them at import
+        self.nnunet_env_ours = configure_nnunet_processes(device.type)  # before nnunetv2 is imported
         get_trainer(self.opts.trainer).check_options(self.record["channels"]["nnunet_names"],
                                                      self.opts.trainer_options)
         self.record["training_settings"] = training_settings(device.type, self.opts.settings)
@@ -164,6 +172,18 @@ class _Run:
                                "planned_batch_size": plan.batch_size, "seconds": plan.seconds,
                                "stages": [s.record() for s in earlier]}
         self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
+        self.slots = fold_slots(device, self.opts.workers, self.opts.gpus, self.opts.ddp, len(self._todo()),
+                                rendezvous_arguments(self.opts.nnodes, self.opts.rdzv_endpoint))
+        if self.slots:
+            from medseg_auto.train import nnunet_process_settings
+
+            processes = len(self.slots) * self.slots[0].ranks
+            workers = nnunet_process_settings(device.type, processes)["nnUNet_n_proc_DA"] \
+                if "nnUNet_n_proc_DA" in self.nnunet_env_ours else os.environ["nnUNet_n_proc_DA"]
+            self.record["training_settings"]["fold_processes"] = {
+                "at_once": len(self.slots), "ranks_per_fold": self.slots[0].ranks,
+                "torch_threads_per_rank": self.slots[0].threads, "augmentation_workers_per_rank": int(workers),
+                "where": [s.label for s in self.slots]}
         shares = self._split()
         self._print_budget(plan, shares)
         hint = lowres_hint(device.type, self.opts.configuration, plan.patch_size)
@@ -180,86 +200,87 @@ class _Run:
         return self._export(plan, results)
 
     def _train_folds(self, plan, shares: dict, device) -> list:
+        """Each fold's stages in turn in this process, or in fold processes (``--workers``, ``--gpus``,
+        ``--ddp``); returns each fold's result, in the order of ``-f``."""
+        from medseg_auto.parallel import FoldLauncher
+        from medseg_auto.trainers.time_budget import TrainingInterrupted
+
         folds = self.record.setdefault("folds", {})
-        results = []
-        for fold in self.opts.folds:
-            entry = folds.setdefault(str(fold), {})
-            if entry.get("state") == "done":
-                results.append(entry["result"])
-                continue
-            entry.update(state="training", planned=shares[fold])
-            print(f"\n[train] fold {fold}: {fmt_duration(shares[fold])} for training and validation "
-                  f"(run: {fmt_duration(self.clock.elapsed())} used of {fmt_duration(self.clock.budget)})",
-                  file=sys.stderr)
-            used, earlier = 0.0, {}
-            for i, stage in enumerate(self.stages):
-                stage_entry = entry.setdefault("stages", {}).setdefault(stage.name, {}) if stage.name else entry
-                if stage_entry.get("state") != "done":
-                    # each stage gets its share of what the fold has left after the stages before it
-                    seconds = (shares[fold] - used) * stage.share / sum(s.share for s in self.stages[i:])
-                    stage_entry.update(state="training", result=self._train_stage(plan, stage, fold, seconds,
-                                                                                   device, entry, used, earlier))
-                    stage_entry["state"] = "done"
-                result = stage_entry["result"]
-                used += result["seconds"]
-                if stage.name:
-                    earlier[stage.name] = result
-            result = dict(entry["result"], stages=earlier) if earlier else entry["result"]
-            entry.update(state="done", result=result)
-            self.record["phases"][f"fold_{fold}"] = round(used, 1)
-            self.save()
-            results.append(result)
-            shares = self._split()  # a fold that ended early leaves its time to the next ones
-        return results
+        todo = self._todo()
+        if self.slots:
+            try:
+                FoldLauncher(self, plan, self.slots).train(todo)
+            except TrainingInterrupted as e:
+                raise Interrupted(str(e)) from None
+        else:
+            for fold in todo:
+                self._train_fold_here(plan, fold, shares[fold], device)
+                shares = self._split()  # a fold that ended early leaves its time to the next ones
+        return [folds[str(f)]["result"] for f in self.opts.folds]
 
-    def _train_stage(self, plan, stage: Stage, fold, seconds: float, device, entry: dict, used: float,
-                     earlier: dict) -> dict:
-        """One fold of one stage (the whole fold for a single-stage trainer), after the ``earlier`` stages'
-        results on the fold; returns its result record."""
-        from dataclasses import replace
+    def fold_job(self, plan, fold, seconds: float, device_type: str, threads: int | None = None):
+        """The fold as a job (``medseg_auto.fold``): what this process or a fold process trains."""
+        from medseg_auto.fold import FoldJob, StageSpec
 
-        from medseg_auto.train import epoch_line, train_fold
-        from medseg_auto.trainers.time_budget import FoldBudget, TrainingInterrupted
+        return FoldJob(str(self.workspace.root), self.workspace.name, fold, seconds, plan.plans,
+                       [StageSpec.of(s) for s in self.stages], dict(self.opts.settings), device_type, threads,
+                       str(self.pretrained.checkpoint) if self.pretrained else None)
 
-        label = f"fold {fold}" + (f", {stage.name} stage" if stage.name else "")
-        budget = FoldBudget(seconds=seconds, spent=self._stage_spent(stage, fold), **self.opts.settings)
-        if stage.name or len(self.stages) > 1:
-            print(f"[train] {label} ({stage.configuration}): {fmt_duration(seconds)}", file=sys.stderr)
+    def announce_fold(self, fold, seconds: float) -> None:
+        entry = self.record["folds"].setdefault(str(fold), {})
+        entry.update(state="training", planned=seconds)
+        self.save()
+        print(f"\n[train] fold {fold}: {fmt_duration(seconds)} for training and validation "
+              f"(run: {fmt_duration(self.clock.elapsed())} used of {fmt_duration(self.clock.budget)})",
+              file=sys.stderr)
 
-        def on_epoch(trainer):
+    def fold_finished(self, record) -> None:
+        """Keep a finished fold's result in the run record (what the export and a resumed run read)."""
+        entry = self.record["folds"][str(record.fold)]
+        entry.update(state="done", result=record.result())
+        self.record["phases"][f"fold_{record.fold}"] = round(sum(r.seconds for r in record.stages.values()), 1)
+        self.save()
+
+    def _train_fold_here(self, plan, fold, seconds: float, device) -> None:
+        from medseg_auto.fold import FoldRecord, record_path, train_stages
+        from medseg_auto.train import epoch_line
+        from medseg_auto.trainers.time_budget import TrainingInterrupted
+
+        self.announce_fold(fold, seconds)
+        entry = self.record["folds"][str(fold)]
+        out = record_path(self.workspace.job_file(fold))
+
+        def on_epoch(trainer, used):
             entry["spent"] = round(used + trainer.elapsed(), 1)
             print(epoch_line(trainer), file=sys.stderr, flush=True)
             self.save()
 
-        pretrained = self.pretrained.checkpoint if self.pretrained and not stage.name else None
         try:
-            result = train_fold(self.workspace, replace(plan, configuration=stage.configuration), fold, budget,
-                                stage.trainer, device, self.stop, on_epoch, pretrained,
-                                {name: result["folder"] for name, result in earlier.items()})
+            record = train_stages(self.fold_job(plan, fold, seconds, device.type), self.stop, FoldRecord.load(out),
+                                  on_epoch, lambda r: r.save(out), device)
         except TrainingInterrupted as e:
             raise Interrupted(str(e)) from None
-        dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"
-        print(f"[train] {label} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
-              f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
-              f"Dice {dice}", file=sys.stderr)
-        return result.record()
+        self.fold_finished(record)
 
     def _export(self, plan, results: list) -> Path:
         from medseg_auto.export import export_bundle
+        from medseg_auto.manifest import BundleManifest, ChannelsRecord, LabelsRecord, StageRecord
         from medseg_auto.trainers import trainer_class as get_trainer
 
         trainer_class = get_trainer(self.opts.trainer)
         self.record["state"] = "exporting"
         card = model_card(self.record, plan, results, trainer_class.__name__, self.clock)
         card["cross_validation_method"] = trainer_class.validation_method
-        manifest = {"medseg_auto_version": __version__, "name": self.opts.name,
-                    "trainer": trainer_class.__name__, "inference_trainer": trainer_class.inference_trainer_name,
-                    "predictor": trainer_class.case_predictor,
-                    "configuration": plan.configuration, "folds": [str(f) for f in self.opts.folds],
-                    "channels": self.record["channels"], "labels": self.record["labels"],
-                    "file_ending": self.record["file_ending"], "is_2d": self.record["is_2d"]}
-        if len(self.stages) > 1:
-            manifest["stages"] = self.record["plan"]["stages"]
+        source = str(self.workspace.run_record)  # where the records come from, named if one is malformed
+        manifest = BundleManifest(
+            medseg_auto_version=__version__, name=self.opts.name, trainer=trainer_class.__name__,
+            inference_trainer=trainer_class.inference_trainer_name, predictor=trainer_class.case_predictor,
+            configuration=plan.configuration, folds=tuple(str(f) for f in self.opts.folds),
+            channels=ChannelsRecord.from_dict(self.record["channels"], source),
+            labels=LabelsRecord.from_dict(self.record["labels"], source),
+            file_ending=self.record["file_ending"], is_2d=bool(self.record["is_2d"]),
+            stages=(tuple(StageRecord.from_dict(s, source, f"plan.stages[{i}]")
+                          for i, s in enumerate(self.record["plan"]["stages"])) if len(self.stages) > 1 else None))
         results_folder = Path(results[0]["folder"]).parent
         parts = {name: Path(stage["folder"]).parent for name, stage in results[0].get("stages", {}).items()}
         print(f"\n[export] writing and verifying {self.bundle}", file=sys.stderr)
@@ -314,42 +335,57 @@ class _Run:
         self.record = {"arguments": self.opts.command}
         return False
 
-    def _split(self) -> dict:
-        """Shares of the time left for the folds still to train (a resumed fold counts its checkpointed time)."""
+    def _todo(self) -> list:
         folds = self.record.get("folds", {})
-        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self._fold_spent(f))
-                for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
-        return split_training(self.clock.remaining() - EXPORT_RESERVE_SECONDS - self._report_reserve(), todo)
+        return [f for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
+
+    def _split(self) -> dict:
+        """Shares of the time left for the folds still to train (a resumed fold counts its checkpointed time):
+        in turn, or in rounds of parallel fold processes."""
+        from medseg_auto.parallel import parallel_shares
+
+        if self.slots:
+            return parallel_shares(self.time_for_folds(), {f: self.fold_spent(f) for f in self._todo()},
+                                   len(self.slots))
+        folds = self.record.get("folds", {})
+        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self.fold_spent(f)) for f in self._todo()]
+        return split_training(self.time_for_folds(), todo)
+
+    def time_for_folds(self) -> float:
+        """What the clock has left for training, the export's and the report's reserves kept."""
+        return self.clock.remaining() - EXPORT_RESERVE_SECONDS - self._report_reserve()
 
     def _report_reserve(self) -> float:
         return report_reserve_seconds(len(self.opts.folds))
 
-    def _fold_spent(self, fold) -> float:
+    def fold_spent(self, fold) -> float:
         """The fold's time saved with its stages' last checkpoints (what a kill -9 cannot take back)."""
-        return sum(self._stage_spent(stage, fold) for stage in self.stages)
+        from medseg_auto.fold import stage_spent
 
-    def _stage_spent(self, stage, fold) -> float:
-        from medseg_auto.train import fold_folder
-        from medseg_auto.trainers.time_budget import read_fold_clock
-
-        clock = read_fold_clock(str(fold_folder(self.workspace, stage.trainer, stage.configuration, fold)))
-        return clock["spent"] if clock else 0.0
+        return sum(stage_spent(self.workspace, stage, fold) for stage in self.stages)
 
     def _plan_estimate(self) -> float:
         channels = len(self.checked.channel_keys) or 1
         voxels = sum(int(np.prod(self.checked.infos[c.label].shape)) for c in self.checked.cases) * channels
         return estimate_plan_seconds(voxels, len(self.checked.cases))
 
+    def _rounds(self) -> int:
+        """Folds one after another, or rounds of folds at once (``--workers``, ``--gpus``; a GPU count not
+        yet known counts as one)."""
+        at_once = max(self.opts.workers, len(self.opts.gpus or ()), 1) if self.opts.ddp == 1 else 1
+        return int(np.ceil(len(self.opts.folds) / at_once))
+
     def _warn_up_front(self) -> None:
         rest = self.clock.remaining() - self._plan_estimate() - EXPORT_RESERVE_SECONDS - self._report_reserve()
-        per_fold = rest / len(self.opts.folds)
+        rounds = self._rounds()
+        per_fold = rest / rounds
         if per_fold < MIN_FOLD_SECONDS and not self.opts.dry_run:
-            need = (self.clock.budget - rest + MIN_FOLD_SECONDS * len(self.opts.folds)) / 60
+            need = (self.clock.budget - rest + MIN_FOLD_SECONDS * rounds) / 60
             raise InputError(f"-t {self.opts.minutes:g}: after checking and preprocessing, about "
                              f"{fmt_duration(max(rest, 0))} would be left for {len(self.opts.folds)} fold(s), "
                              f"too little to train anything. Use at least -t {np.ceil(need):.0f} or fewer folds "
                              f"(-f 0).")
-        advice = budget_advice(self.clock.budget, self.opts.folds, per_fold) if self.opts.advise_budget else None
+        advice = budget_advice(self.clock.budget, self.opts.folds, per_fold, rounds) if self.opts.advise_budget else None
         if advice:
             print(f"\nWarning: {advice}", file=sys.stderr)
 

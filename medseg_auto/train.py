@@ -38,20 +38,30 @@ class FoldResult:
         return self.__dict__.copy()
 
 
-def nnunet_process_settings(device_type: str) -> dict[str, str]:
-    """Our worker counts for nnU-Net (its environment variables): on a CPU its augmentation workers compete
-    with the training threads for the same cores, so they get few (nnU-Net's default is up to 12)."""
+def nnunet_process_settings(device_type: str, processes: int = 1) -> dict[str, str]:
+    """Our worker counts for nnU-Net (its environment variables), for ``processes`` training processes sharing
+    the machine (folds at once, DDP ranks). On a CPU its augmentation workers compete with the training
+    threads for the same cores, so they get few; on a GPU each process gets nnU-Net's 12, or its share of the
+    cores less one for itself where that is fewer (nnU-Net's table assumes 4 GPUs on 48 threads)."""
     cpus = os.cpu_count() or 1
+    share = max(1, cpus // max(1, processes))
     settings = {"nnUNet_def_n_proc": str(max(1, min(4, cpus)))}
     if device_type == "cpu":
-        settings["nnUNet_n_proc_DA"] = str(max(1, cpus // 4))
+        settings["nnUNet_n_proc_DA"] = str(max(1, share // 4))
+    else:
+        settings["nnUNet_n_proc_DA"] = str(max(1, min(12, share - 1)))
     return settings
 
 
-def configure_nnunet_processes(device_type: str) -> None:
-    """Set ``nnunet_process_settings`` in this process's environment, unless the user set them."""
-    for key, value in nnunet_process_settings(device_type).items():
-        os.environ.setdefault(key, value)
+def configure_nnunet_processes(device_type: str, processes: int = 1) -> set[str]:
+    """Set ``nnunet_process_settings`` in this process's environment, unless the user set them; returns the
+    variables set here (those a fold process may be given its own share of)."""
+    ours = set()
+    for key, value in nnunet_process_settings(device_type, processes).items():
+        if key not in os.environ:
+            os.environ[key] = value
+            ours.add(key)
+    return ours
 
 
 def training_settings(device_type: str, settings: dict) -> dict:

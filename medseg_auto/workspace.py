@@ -55,6 +55,15 @@ class Workspace:
         return self.raw / self.nnunet_name
 
     @property
+    def jobs(self) -> Path:
+        """The folds' job files and records (``medseg_auto.fold``)."""
+        return self.root / "jobs"
+
+    def job_file(self, fold) -> Path:
+        self.jobs.mkdir(parents=True, exist_ok=True)
+        return self.jobs / f"fold_{fold}.job.json"
+
+    @property
     def run_record(self) -> Path:
         return self.root / "run.json"
 
@@ -117,7 +126,7 @@ class Workspace:
 
     def clear_training(self, keep_preprocessed: bool) -> None:
         """Forget an earlier run's models (and its preprocessing unless the data is unchanged)."""
-        folders = [self.results] + ([] if keep_preprocessed else [self.preprocessed])
+        folders = [self.results, self.jobs] + ([] if keep_preprocessed else [self.preprocessed])
         for folder in folders:
             if folder.exists():
                 shutil.rmtree(folder)

@@ -156,14 +156,12 @@ def test_4d_scans_are_matched_to_the_model_channels_by_modality_name(tmp_path):
     """A 4D scan's volumes go to the model's channels by the names of the Decathlon dataset.json above
     imagesTs/ (here in the other order than the model's), else by position; a count that fits neither is
     named."""
-    from medseg_auto.predict.bundle import Bundle
     from medseg_auto.predict.scans import ScanProblems, find_scans
+    from test_manifest import bundle_in_memory
 
     labels = {"original_to_nnunet": {"0": 0, "1": 1}, "nnunet_to_original": {"0": 0, "1": 1},
               "names": {"1": "tumour"}, "regions": None, "regions_class_order": None}
-    bundle = Bundle(Path("."), {"channels": {"keys": ["FLAIR", "T1c"], "nnunet_names": ["FLAIR", "T1c"],
-                                             "colour": []}, "labels": labels, "is_2d": False, "folds": ["all"]},
-                    ["all"])
+    bundle = bundle_in_memory(["FLAIR", "T1c"], ["FLAIR", "T1c"], labels, folds=("all",))
     scans = tmp_path / "Task" / "imagesTs"
     scans.mkdir(parents=True)
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 7, 6, 2), np.float32), np.diag([2.0, 2, 3, 1])), scans / "a.nii.gz")

@@ -155,13 +155,12 @@ def test_rgb_images_take_one_name_per_colour_channel(project, train_cli):
 def test_prediction_never_takes_side_folders_masks_for_scans(tmp_path):
     """-i on a dataset folder with images/, manual/ and mask/: the images are the scans, the masks are not;
     without a folder named like images, the folders of many files are listed and -i must name one."""
-    from medseg_auto.predict.bundle import Bundle
     from medseg_auto.predict.scans import ScanProblems, find_scans
+    from test_manifest import bundle_in_memory
 
     labels = {"original_to_nnunet": {"0": 0, "255": 1}, "nnunet_to_original": {"0": 0, "1": 255},
               "names": {"1": "membrane"}, "regions": None, "regions_class_order": None}
-    bundle = Bundle(Path("."), {"channels": {"keys": [""], "nnunet_names": ["MRI"], "colour": []}, "labels": labels,
-                                "is_2d": True, "folds": ["all"]}, ["all"])
+    bundle = bundle_in_memory([""], ["MRI"], labels, is_2d=True, folds=("all",))
     ds = copy_membrane(tmp_path / "retina", n=3, crop=64)
     (ds / "labels").rename(ds / "manual")
     _fov_masks(ds / "images", ds / "mask")

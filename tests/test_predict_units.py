@@ -13,14 +13,13 @@ from medseg_auto.errors import InputError
 from medseg_auto.metrics import dice, evaluate, hd95
 from medseg_auto.predict.bundle import Bundle
 from medseg_auto.predict.scans import ScanProblems, find_scans
+from test_manifest import bundle_in_memory
 
 
 def _bundle(keys: list[str], names: list[str], labels: dict | None = None, is_2d: bool = False) -> Bundle:
     labels = labels or {"original_to_nnunet": {"0": 0, "255": 1}, "nnunet_to_original": {"0": 0, "1": 255},
                         "names": {"1": "cells"}, "regions": None, "regions_class_order": None}
-    manifest = {"channels": {"keys": keys, "nnunet_names": names, "colour": []}, "labels": labels,
-                "is_2d": is_2d, "folds": ["0"], "configuration": "3d_fullres"}
-    return Bundle(Path("."), manifest, ["0"])
+    return bundle_in_memory(keys, names, labels, is_2d)
 
 
 def _volume(path: Path, shape=(6, 7, 8)) -> Path:

@@ -16,6 +16,7 @@ from medseg_auto.cli.predict import main as predict_main
 from medseg_auto.predict.bundle import Bundle
 from medseg_auto.predict.preview import write_index, write_preview
 from medseg_auto.reporting.views import centre_of_structure
+from test_manifest import bundle_in_memory
 
 GREEN = np.array([0x00, 0xD2, 0x5B])  # pictures.REFERENCE_COLOUR
 
@@ -28,9 +29,9 @@ def _green_pixels(png: Path) -> int:
 
 def _labels_bundle(tmp_path: Path) -> Bundle:
     """What write_preview reads of a bundle: the label values (255 in the files is nnU-Net's 1) and names."""
-    manifest = {"labels": {"original_to_nnunet": {"0": 0, "255": 1, "7": 2}, "nnunet_to_original": None,
-                           "names": {"1": "lesion", "2": "core"}, "regions": None}}
-    return Bundle(tmp_path, manifest, ["0"])
+    labels = {"original_to_nnunet": {"0": 0, "255": 1, "7": 2}, "nnunet_to_original": None,
+              "names": {"1": "lesion", "2": "core"}, "regions": None}
+    return bundle_in_memory([""], ["MRI"], labels, folder=tmp_path)
 
 
 def _volume(array: np.ndarray, path: Path, flip: bool) -> Path:

@@ -16,6 +16,7 @@ from medseg_auto.ingest import IngestOptions
 from medseg_auto.ingest.dicom import series_choice
 from medseg_auto.ingest.labels import LabelRequest, parse_label_arg, parse_regions
 from medseg_auto.ingest.layout import dataset_name, locate_dataset
+from medseg_auto.parallel import rendezvous_arguments
 from medseg_auto.plan import CONFIGURATIONS
 from medseg_auto.run import RunOptions, train
 from medseg_auto.trainers import TRAINER_NAMES
@@ -66,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "ready for training?")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (default "
                    "auto: CUDA if available)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="CPU: train N folds at once, each in its own "
+                   "process with cores/N threads (default 1: folds in turn with every core; see the README for when "
+                   "it pays)")
+    p.add_argument("--gpus", metavar="LIST", help="CUDA: the GPUs to train folds on at once, one fold per GPU, by "
+                   "index among the visible ones (e.g. 0,1; default: every visible GPU)")
+    p.add_argument("--ddp", type=int, default=1, metavar="K", help="train each fold on K GPUs at once with "
+                   "PyTorch DDP, started through torchrun (default 1)")
+    p.add_argument("--nnodes", type=int, default=1, metavar="N", help="--ddp across N machines sharing the work "
+                   "folder: this run starts the fold's ranks here and prints the torchrun command for the others")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nnodes: where the machines meet (this "
+                   "machine's address and a free port)")
     p.add_argument("--trainer", default="default", choices=TRAINER_NAMES, help="trainer (default: nnU-Net's, "
                    "trained for the time budget; dualbranch: one encoder per group of channels, fused deeper; cascade: "
                    "a low-resolution ROI model, then a CoordConv model segments crops around what it finds; 3D)")
@@ -125,6 +137,19 @@ def parse_folds(text: str) -> list:
     return folds
 
 
+def parse_gpus(text: str | None) -> list[int] | None:
+    """``0,1`` -> [0, 1]; None (every visible GPU) when not given."""
+    if text is None:
+        return None
+    try:
+        gpus = [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        gpus = []
+    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise InputError(f"--gpus '{text}': use GPU indices separated by commas, each once (e.g. --gpus 0,1)")
+    return gpus
+
+
 def main(argv: list[str] | None = None, root: Path | None = None) -> int:
     """Run the CLI; ``root`` is where input_train/, work/ and output_models/ live (default: cwd)."""
     args = build_parser().parse_args(argv)
@@ -169,6 +194,17 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     check_augmentation(args.augmentation, args.trainer)
     if args.lr is not None and not 0.0 < args.lr <= 1.0:
         raise InputError(f"--lr {args.lr:g}: use an initial learning rate in (0, 1] (nnU-Net's is 0.01)")
+    gpus = parse_gpus(args.gpus)
+    if min(args.workers, args.ddp, args.nnodes) < 1:
+        raise InputError(f"--workers {args.workers} --ddp {args.ddp} --nnodes {args.nnodes}: use 1 or more")
+    rendezvous_arguments(args.nnodes, args.rdzv_endpoint)  # refuses a missing endpoint before any work
+    if args.nnodes > 1 and args.workers > 1:
+        raise InputError("--nnodes with --workers: several machines train one fold at a time (--ddp K ranks each)")
+    if args.device == "cpu" and gpus is not None:
+        raise InputError("--gpus with --device cpu: on a CPU use --workers N to train folds at once")
+    if args.workers > 1 and (args.ddp > 1 or args.device == "cuda"):
+        raise InputError("--workers is for CPU training (folds at once on shares of the cores); on GPUs use --gpus "
+                         "(one fold per GPU) or --ddp K (one fold on K GPUs)")
     names, values = parse_label_arg(args.labels)
     request = LabelRequest(names, values, parse_regions(args.regions), args.merge_labels)
     dataset_dir = locate_dataset(input_root, args.dataset)
@@ -189,7 +225,8 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         dry_run=args.dry_run, check_only=args.check, resume=args.resume, restart=args.restart, keep_work=args.keep_work,
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
         pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
-        advise_budget=not args.example,
+        advise_budget=not args.example, workers=args.workers, gpus=gpus, ddp=args.ddp, nnodes=args.nnodes,
+        rdzv_endpoint=args.rdzv_endpoint,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
                   "augmentation": args.augmentation, "batch_size": args.batch_size,
                   "learning_rate": args.lr, "precision": args.precision}, trainer_options=trainer_options)

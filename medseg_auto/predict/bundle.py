@@ -6,15 +6,15 @@ environment variables are read.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medseg_auto.errors import InputError
-from medseg_auto.export import CHECKPOINT, MANIFEST
+from medseg_auto.export import CHECKPOINT
 from medseg_auto.ingest.channels import canonical_name
+from medseg_auto.manifest import MANIFEST, BundleManifest
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,21 @@ class LabelClass:
 
 @dataclass
 class Bundle:
+    """An opened bundle: its folder, its manifest (``medseg_auto.json``) and the folds chosen to predict with."""
+
     folder: Path
-    manifest: dict
+    manifest: BundleManifest
     folds: list[str]
 
     @property
     def is_2d(self) -> bool:
-        return bool(self.manifest["is_2d"])
+        return self.manifest.is_2d
 
     @property
     def channels(self) -> list[ModelChannel]:
-        record = self.manifest["channels"]
-        keys, names = record["keys"] or [""], record["nnunet_names"]
-        colour = set(record.get("colour", keys if len(names) == 3 * len(keys) else []))
+        record = self.manifest.channels
+        keys, names = record.keys or ("",), record.nnunet_names
+        colour = set(record.colour)
         out, i = [], 0
         for key in keys:
             n = 3 if key in colour else 1
@@ -69,26 +71,26 @@ class Bundle:
     @property
     def classes(self) -> list[LabelClass]:
         """What metrics and volumes are reported for: the regions of a region model, else each label."""
-        labels = self.manifest["labels"]
-        if labels.get("regions"):
-            return [LabelClass(r["name"], tuple(r["labels"])) for r in labels["regions"]]
-        return [LabelClass(name, (int(v),)) for v, name in sorted(labels["names"].items(), key=lambda kv: int(kv[0]))]
+        labels = self.manifest.labels
+        if labels.regions:
+            return [LabelClass(r.name, r.labels) for r in labels.regions]
+        return [LabelClass(name, (v,)) for v, name in sorted(labels.names.items())]
 
     def to_original(self, segmentation: np.ndarray) -> np.ndarray:
         """nnU-Net's label values -> the dataset's own (0/255 masks come back as 0/255), in the smallest
         unsigned type that holds them."""
-        inverse = self.manifest["labels"].get("nnunet_to_original")
+        inverse = self.manifest.labels.nnunet_to_original
         if not inverse:
             return segmentation.astype(_dtype_for(int(segmentation.max(initial=0))))
-        lut = np.zeros(max(int(k) for k in inverse) + 1, dtype=np.int64)
+        lut = np.zeros(max(inverse) + 1, dtype=np.int64)
         for k, v in inverse.items():
-            lut[int(k)] = int(v)
+            lut[k] = v
         return lut[segmentation].astype(_dtype_for(int(lut.max())))
 
     def to_nnunet(self, reference: np.ndarray) -> tuple[np.ndarray, list[int]]:
         """A reference label map in the dataset's values -> nnU-Net's values; also returns the values found
         that the model does not know (they count as background)."""
-        mapping = {int(k): int(v) for k, v in self.manifest["labels"]["original_to_nnunet"].items()}
+        mapping = self.manifest.labels.original_to_nnunet
         values = np.unique(reference)
         unknown = [int(v) for v in values if int(v) not in mapping or v != int(v)]
         out = np.zeros(reference.shape, dtype=np.uint16)
@@ -113,15 +115,11 @@ def open_bundle(folder: Path, folds: list[str] | None = None) -> Bundle:
         hint = (" It looks like a plain nnU-Net model folder: use nnU-Net's own nnUNetv2_predict_from_modelfolder "
                 "for it." if (folder / "plans.json").is_file() else "")
         raise InputError(f"-m {folder}: not a medseg_auto model (no {MANIFEST}).{hint}")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except ValueError as e:
-        raise InputError(f"-m {folder}: {MANIFEST} is not valid JSON ({e}); the model folder is damaged.") from None
+    manifest = BundleManifest.read(manifest_file)
     for name in ("plans.json", "dataset.json"):
         if not (folder / name).is_file():
             raise InputError(f"-m {folder}: {name} is missing; the model folder is incomplete (copy it again).")
-    held = [str(f) for f in manifest.get("folds", [])]
-    held = [f for f in held if (folder / f"fold_{f}" / CHECKPOINT).is_file()]
+    held = [f for f in manifest.folds if (folder / f"fold_{f}" / CHECKPOINT).is_file()]
     if not held:
         raise InputError(f"-m {folder}: no fold_K/{CHECKPOINT} found; the model folder is incomplete.")
     chosen = held if not folds else ["all" if f in ("all", "full") else str(int(f)) for f in folds]

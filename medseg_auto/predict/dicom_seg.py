@@ -69,6 +69,6 @@ def _all_empty(masks: np.ndarray) -> bool:
 def model_segments(bundle) -> list[tuple[str, tuple[int, ...]]]:
     """The segments a DICOM-SEG of this model holds: each label (or region) by name, with its values in the
     dataset's own label values (what the written segmentation holds)."""
-    inverse = bundle.manifest["labels"].get("nnunet_to_original") or {}
-    original = lambda v: int(inverse.get(str(v), v))  # noqa: E731 - a short local helper
+    inverse = bundle.manifest.labels.nnunet_to_original or {}
+    original = lambda v: inverse.get(v, v)  # noqa: E731 - a short local helper
     return [(c.name, tuple(sorted({original(v) for v in c.values}))) for c in bundle.classes]

@@ -105,11 +105,11 @@ def read_scan(scan: Scan, bundle: Bundle, series: str | None = None) -> ScanImag
 
 def case_predictor(bundle: Bundle, settings: Settings, device) -> CasePredictor:
     """The bundle's case predictor, loaded with its weights on ``device``."""
-    name = bundle.manifest.get("predictor", "sliding_window")
+    name = bundle.manifest.predictor
     if name not in PREDICTORS:
         raise InputError(f"-m {bundle.folder}: the model needs the '{name}' predictor, which this version of "
                          f"medseg_auto does not have; update medseg_auto (the model was made with version "
-                         f"{bundle.manifest.get('medseg_auto_version', '?')}).")
+                         f"{bundle.manifest.medseg_auto_version}).")
     module, cls = PREDICTORS[name].split(":")
     return getattr(importlib.import_module(module), cls)(bundle, settings, device)
 

@@ -183,9 +183,9 @@ class _Run:
         return path
 
     def _class_names(self) -> list[str]:
-        labels = self.bundle.manifest["labels"]
-        if labels.get("regions"):
-            return [r["name"] for r in labels["regions"]]
+        regions = self.bundle.manifest.labels.regions
+        if regions:
+            return [r.name for r in regions]
         return ["background", *(c.name for c in self.bundle.classes)]
 
     def _score(self, scan: Scan, segmentation: np.ndarray) -> dict:
@@ -221,7 +221,7 @@ def _print_plan(bundle: Bundle, found, references: dict, opts: PredictOptions) -
     s = opts.settings
     mode = ("fast: " if not s.mirroring and s.step_size > 0.5 else "") + \
            f"mirroring {'on' if s.mirroring else 'off'}, step {s.step_size:g}"
-    print(f"Model      {bundle.folder} ({bundle.manifest.get('trainer', '?')}, {bundle.manifest['configuration']}, "
+    print(f"Model      {bundle.folder} ({bundle.manifest.trainer}, {bundle.manifest.configuration}, "
           f"fold(s) {', '.join(bundle.folds)})", file=sys.stderr)
     print(f"Channels   {', '.join(c.display for c in bundle.channels)}", file=sys.stderr)
     print(f"Scans      {len(found.scans)} in {found.root}"
