@@ -123,8 +123,12 @@ class FoldLauncher:
         print(f"\n[train] {len(queue)} fold(s) on {len(self.slots)} slot(s) at once: "
               + "; ".join(s.label for s in self.slots), file=sys.stderr)
         stop.deferred = True  # a signal now asks the fold processes to stop; a second one interrupts at once
+        saved = time.monotonic()
         try:
             while queue or self.running:
+                if time.monotonic() - saved >= 15.0:  # the run's clock, for a resume after kill -9
+                    self.run.save()
+                    saved = time.monotonic()
                 for index, slot in enumerate(self.slots):
                     if index not in self.running and queue:
                         fold = queue.pop(0)

@@ -63,10 +63,13 @@ class RunOptions:
 
     def identity(self) -> dict:
         """What must match for a rerun to continue an interrupted run (the budget may change)."""
-        return {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
-                "trainer": self.trainer, "width": self.width, "settings": self.settings,
-                "trainer_options": self.trainer_options,
-                "pretrained": str(self.pretrained) if self.pretrained else None}
+        identity = {"folds": [str(f) for f in self.folds], "configuration": self.configuration,
+                    "trainer": self.trainer, "width": self.width, "settings": self.settings,
+                    "trainer_options": self.trainer_options,
+                    "pretrained": str(self.pretrained) if self.pretrained else None}
+        if self.ingest.series:  # another DICOM series is other data in the same files' folders
+            identity["series"] = self.ingest.series
+        return identity
 
 
 def train(opts: RunOptions) -> Path | None:
@@ -247,13 +250,11 @@ class _Run:
         from medseg_auto.trainers.time_budget import TrainingInterrupted
 
         self.announce_fold(fold, seconds)
-        entry = self.record["folds"][str(fold)]
         out = record_path(self.workspace.job_file(fold))
 
         def on_epoch(trainer, used):
-            entry["spent"] = round(used + trainer.elapsed(), 1)
             print(epoch_line(trainer), file=sys.stderr, flush=True)
-            self.save()
+            self.save()  # the run's clock, for a resume after kill -9
 
         try:
             record = train_stages(self.fold_job(plan, fold, seconds, device.type), self.stop, FoldRecord.load(out),
@@ -435,4 +436,5 @@ def _ingest_record(checked: CheckedDataset, conversion) -> dict:
 def _describe(identity: dict | None) -> str:
     if not identity:
         return "unknown options"
-    return f"folds {','.join(identity['folds'])}, -c {identity['configuration']}, trainer {identity['trainer']}"
+    text = f"folds {','.join(identity['folds'])}, -c {identity['configuration']}, trainer {identity['trainer']}"
+    return text + (f", --series {identity['series']}" if identity.get("series") else "")

@@ -148,3 +148,49 @@ def test_two_folds_at_once_one_killed_then_resumed_and_exported(tmp_path):
     assert card["training_settings"]["fold_processes"]["torch_threads_per_rank"] == max(1, (os.cpu_count() or 1) // 2)
     assert card["time_used_seconds"] <= 2.0 * 60 + 20
     assert sorted(p.name for p in (project / "output_models" / "hippo").rglob("fold_*")) == ["fold_0", "fold_1"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_one_fold_on_two_gloo_ranks_through_torchrun(tmp_path):
+    """``--ddp 2`` on a CPU: the run starts torchrun, two gloo ranks train fold 0, the bundle is exported."""
+    project = tmp_path
+    copy_hippocampus(project / "input_train" / "hippo", 10)
+    done = subprocess.run(train_command(project, "hippo", "-l", "anterior,posterior", "--device", "cpu",
+                                        "--ddp", "2", minutes=2.0), capture_output=True, text=True, timeout=600,
+                          env=clean_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in done.stderr
+    card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
+    assert card["training_settings"]["fold_processes"]["ranks_per_fold"] == 2
+    assert card["folds"]["0"]["epochs"] >= 2
+
+
+@pytest.mark.slow
+def test_two_machines_meet_through_torchrun_rendezvous(tmp_path):
+    """``--nnodes 2``: the run starts its rank and prints the command for the other machine; that command,
+    run as a second process here, joins the rendezvous and the fold trains on both."""
+    import shlex
+    import sys
+
+    project = tmp_path
+    copy_hippocampus(project / "input_train" / "hippo", 10)
+    log = tmp_path / "first.log"
+    command = train_command(project, "hippo", "-l", "anterior,posterior", "--device", "cpu", "--nnodes", "2",
+                            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", minutes=2.5)
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=clean_env())
+    other = _wait_for(log, r"on each other machine.*\n  torchrun (.+)\n", first).group(1)
+    env = clean_env() | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    second = subprocess.run([sys.executable, "-m", "torch.distributed.run", *shlex.split(other)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert first.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
+    assert card["folds"]["0"]["epochs"] >= 2

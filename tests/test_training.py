@@ -234,3 +234,18 @@ def test_a_stop_asked_for_as_the_fold_ends_is_not_lost(tmp_path):
     with pytest.raises(TrainingInterrupted, match="fold 0 interrupted after its training"):
         train_fold(workspace, PlanResult("3d_fullres", {"configurations": {}}, {}), 0, FoldBudget(seconds=60.0),
                    Trainer, "cpu", stop)
+
+
+def test_another_dicom_series_is_another_run_to_resume(tmp_path):
+    """``--series`` picks other images in the same folders: a rerun with another one must not continue the
+    unfinished run (the data identity sees the same folders)."""
+    from medseg_auto.ingest import IngestOptions
+    from medseg_auto.run import RunOptions, _describe
+
+    def identity(series):
+        ingest = IngestOptions(dataset_dir=tmp_path, image_type=["CT"], series=series)
+        return RunOptions(name="ct", ingest=ingest, minutes=10, folds=[0]).identity()
+
+    assert "series" not in identity(None)  # runs without DICOM keep the identity earlier versions wrote
+    assert identity("T1 AX") != identity("T1 AX repeat")
+    assert _describe(identity("T1 AX")).endswith("--series T1 AX")
