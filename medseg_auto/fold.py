@@ -61,6 +61,7 @@ class FoldJob:
     device: str = "cpu"                # "cpu" or "cuda" (the process sees its GPU(s) as cuda:0..)
     threads: int | None = None         # torch threads (CPU workers split the cores)
     pretrained: str | None = None      # a checkpoint the last stage starts from
+    compile: str = "auto"              # torch.compile on CUDA: auto, on, off (medseg_auto.device.compile_policy)
 
     @property
     def workspace(self) -> Workspace:
@@ -115,10 +116,12 @@ def train_stages(job: FoldJob, stop: StopRequest, done: FoldRecord | None = None
                  device=None) -> FoldRecord:
     """Train the fold's stages in order, each with its share of what the fold has left after the ones before
     it; stages in ``done`` are not trained again. ``on_stage`` gets the record after each stage."""
-    from medseg_auto.plan import PlanResult
     import torch
 
+    from medseg_auto.device import apply_compile_policy
+    from medseg_auto.plan import PlanResult
     from medseg_auto.train import train_fold
+    from medseg_auto.trainers import distributed
     from medseg_auto.trainers.time_budget import FoldBudget
 
     device = device if device is not None else torch.device(job.device)
@@ -133,6 +136,10 @@ def train_stages(job: FoldJob, stop: StopRequest, done: FoldRecord | None = None
             label = f"fold {job.fold}" + (f", {stage.name} stage" if stage.name else "")
             if len(stages) > 1:
                 print(f"[train] {label} ({stage.configuration}): {fmt_duration(seconds)}", file=sys.stderr)
+            # every rank the same choice (each rank's clock measured the stages before slightly differently)
+            compiled, why = apply_compile_policy(device.type, distributed.agree(seconds - budget.spent), job.compile)
+            if device.type == "cuda" and distributed.rank() == 0:
+                print(f"[train] {label}: torch.compile {'on' if compiled else 'off'} ({why})", file=sys.stderr)
             pretrained = Path(job.pretrained) if job.pretrained and not stage.name else None
             earlier = {name: r.folder for name, r in record.stages.items()}
 

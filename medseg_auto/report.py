@@ -162,6 +162,8 @@ def _stage_card(result: dict) -> dict:
     """One trained model's line of a fold: time, iterations, validation, Dice and training precision."""
     card = {k: result[k] for k in ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")}
     card["precision"] = result.get("precision", "fp32")  # runs recorded before it was chosen: float32
+    if result.get("compiled"):  # CUDA's torch.compile, and the first steps' time it cost
+        card.update(compiled=True, warmup_seconds=result.get("warmup_seconds", 0.0))
     return card
 
 
@@ -266,6 +268,15 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
     parts = [f"- Trained on {settings['device']}: {settings['torch_threads']} torch thread(s), "
              f"{workers or 'no'} augmentation worker(s)" + (" (augmentation in the main process)" if not workers
                                                          else "")]
+    processes = settings.get("fold_processes")
+    if processes:
+        parts.append(f"{processes['at_once']} fold process(es) at once ({', '.join(processes['where'])})"
+                     + (f", {processes['ranks_per_fold']} DDP ranks per fold" if processes["ranks_per_fold"] > 1
+                        else ""))
+    compiled = [f for f in folds.values() if f.get("compiled")]
+    if compiled:
+        parts.append(f"network compiled (torch.compile) in {len(compiled)} fold(s), first steps "
+                     f"{max(f['warmup_seconds'] for f in compiled):.0f} s longer")
     if settings.get("augmentation", "nnunet") != "nnunet":  # cards written before the setting existed: nnunet
         parts.append(f"{settings['augmentation']} augmentation ({DESCRIPTIONS[settings['augmentation']]})")
     if "precision" in settings:  # cards written before it was recorded say nothing

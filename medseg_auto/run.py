@@ -59,6 +59,7 @@ class RunOptions:
     gpus: list | None = None                 # CUDA: GPU indices for folds at once (None: every visible GPU)
     ddp: int = 1                             # ranks (GPUs) per fold through torchrun
     nnodes: int = 1                          # machines a fold's ranks span (torchrun's rendezvous)
+    compile: str = "auto"                    # torch.compile on CUDA: auto (by the fold's time), on, off
     rdzv_endpoint: str | None = None         # HOST:PORT where they meet
 
     def identity(self) -> dict:
@@ -227,7 +228,7 @@ class _Run:
 
         return FoldJob(str(self.workspace.root), self.workspace.name, fold, seconds, plan.plans,
                        [StageSpec.of(s) for s in self.stages], dict(self.opts.settings), device_type, threads,
-                       str(self.pretrained.checkpoint) if self.pretrained else None)
+                       str(self.pretrained.checkpoint) if self.pretrained else None, self.opts.compile)
 
     def announce_fold(self, fold, seconds: float) -> None:
         entry = self.record["folds"].setdefault(str(fold), {})

@@ -33,6 +33,8 @@ class FoldResult:
     precision: str = "fp32"              # of the training forward: fp32, bf16 (CPU) or fp16 (CUDA autocast)
     dice: dict[str, float] = field(default_factory=dict)  # label or region name -> held-out Dice
     folder: str = ""
+    compiled: bool = False               # torch.compile (CUDA, medseg_auto.device.compile_policy)
+    warmup_seconds: float = 0.0          # the first steps' time beyond the steady speed (compilation on CUDA)
 
     def record(self) -> dict:
         return self.__dict__.copy()
@@ -124,6 +126,7 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
     """Train (or resume, or only validate) one fold inside ``budget`` (a ``FoldBudget``); a fresh fold
     starts from the ``pretrained`` checkpoint's weights when given. ``earlier_stages`` names the fold folders
     of the models trained before this one on the fold (the cascade's ROI model, which its validation runs)."""
+    from medseg_auto.trainers import distributed
     from medseg_auto.trainers.time_budget import read_fold_clock
 
     workspace.activate()
@@ -156,19 +159,21 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
             trainer.run_training()
         finally:
             stop.deferred = False
-        if stop.event.is_set():  # asked to stop as the fold ended: its final checkpoint is saved
+        if distributed.any_rank(stop.event.is_set()):  # asked to stop as the fold ended: final checkpoint saved
             from medseg_auto.trainers.time_budget import TrainingInterrupted
 
             raise TrainingInterrupted(f"fold {fold} interrupted after its training, before its validation")
-    if not summary.is_file() and trainer.validation_mode != "skipped":
-        trainer.perform_actual_validation()
+    if distributed.agree(float(not summary.is_file())) > 0.5 and trainer.validation_mode != "skipped":
+        trainer.perform_actual_validation()  # rank 0's view of the files: every rank joins nnU-Net's validation
     clock = read_fold_clock(str(folder)) or {}
     return FoldResult(fold=fold, seconds=round(trainer.elapsed(), 1), epochs=clock.get("epochs", 0),
-                      iterations=clock.get("iterations", 0), batch_size=trainer.batch_size,
+                      iterations=clock.get("iterations", 0),
+                      batch_size=clock.get("global_batch_size") or trainer.batch_size,
                       validation=trainer.validation_mode,
                       precision=trainer.precision or clock.get("precision") or "fp32",
                       dice=_validation_dice(summary, dataset_json),
-                      folder=str(folder))
+                      folder=str(folder), compiled=bool(clock.get("compiled", False)),
+                      warmup_seconds=round(float(clock.get("warmup_seconds") or 0.0), 1))
 
 
 def epoch_line(trainer) -> str:

@@ -185,13 +185,14 @@ def test_validation_window_is_timed_once_at_batch_one_in_inference_mode():
             return x
 
     net = Net().train()
-    trainer = SimpleNamespace(_speed=_Speed(0.5, 0.2), _input_channels=None, batch_size=2, network=net,
-                              device=torch.device("cpu"), configuration_manager=SimpleNamespace(patch_size=[4, 6, 8]))
+    trainer = SimpleNamespace(planner=SimpleNamespace(speed=_Speed(0.5, 0.2)), _input_channels=None, batch_size=2,
+                              network=net, device=torch.device("cpu"),
+                              configuration_manager=SimpleNamespace(patch_size=[4, 6, 8]))
     assert nnUNetTrainerTimeBudget.window_seconds(trainer) == 0.1  # before any training step: a guess
     assert not net.seen
     trainer._input_channels = 5  # image channels plus any the trainer adds (the cascade's coordinates)
     first = nnUNetTrainerTimeBudget.window_seconds(trainer)
-    assert 0.05 <= first < 1.0 and trainer._speed.window == first  # the second call's time, not the warm-up's
+    assert 0.05 <= first < 1.0 and trainer.planner.speed.window == first  # the second call's time, not the warm-up's
     assert net.seen == [((1, 5, 4, 6, 8), False, False)] * 2 and net.training  # warm-up + timed; mode restored
     assert nnUNetTrainerTimeBudget.window_seconds(trainer) == first and len(net.seen) == 2  # measured once
 
@@ -376,7 +377,7 @@ def test_a_trainer_without_a_budget_says_so_instead_of_training_for_ever():
     with pytest.raises(TypeError, match="seconds"):
         FoldBudget()
     trainer = nnUNetTrainerTimeBudget.__new__(nnUNetTrainerTimeBudget)
-    trainer._reserve, trainer._speed = None, _Speed()  # as __init__ leaves them
+    trainer.fold, trainer._planner = 0, None  # as __init__ leaves them
     with pytest.raises(RuntimeError, match=r"trainer.budget = FoldBudget\(seconds=...\)"):
         trainer.training_seconds()
     trainer.budget = FoldBudget(seconds=600.0)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from medseg_auto import __version__
+from medseg_auto.device import COMPILE_CHOICES
 from medseg_auto.errors import InputError, MedsegError
 from medseg_auto.example import EXAMPLE_NAME, LABELS as EXAMPLE_LABELS, write_example_dataset
 from medseg_auto.ingest import IngestOptions
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder: this run starts the fold's ranks here and prints the torchrun command for the others")
     p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nnodes: where the machines meet (this "
                    "machine's address and a free port)")
+    p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES, help="CUDA: nnU-Net's torch.compile of "
+                   "the network: auto (default: only for folds of 20 minutes or more, where the minute or two of "
+                   "compilation pays back), on, off; a CPU never compiles")
     p.add_argument("--trainer", default="default", choices=TRAINER_NAMES, help="trainer (default: nnU-Net's, "
                    "trained for the time budget; dualbranch: one encoder per group of channels, fused deeper; cascade: "
                    "a low-resolution ROI model, then a CoordConv model segments crops around what it finds; 3D)")
@@ -226,7 +230,7 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
         overwrite=args.overwrite, consume_input=args.consume_input, input_root=input_root,
         pretrained=args.pretrained.resolve() if args.pretrained else None, width=args.width,
         advise_budget=not args.example, workers=args.workers, gpus=gpus, ddp=args.ddp, nnodes=args.nnodes,
-        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_endpoint=args.rdzv_endpoint, compile=args.compile,
         settings={"lr_shape": args.lr_shape, "decay_fraction": args.decay_fraction,
                   "augmentation": args.augmentation, "batch_size": args.batch_size,
                   "learning_rate": args.lr, "precision": args.precision}, trainer_options=trainer_options)

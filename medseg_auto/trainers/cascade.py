@@ -263,6 +263,10 @@ class nnUNetTrainerCascadeCoord(nnUNetTrainerTimeBudget):
         from medseg_auto.predict.cascade import Cascade
         from medseg_auto.predict.engine import ScanImage, Settings, SlidingWindow
 
+        from medseg_auto.trainers import distributed
+
+        if distributed.rank() != 0:  # under DDP rank 0 validates the whole cascade (not split over ranks)
+            return
         if "roi" not in self.earlier_stage_folders:  # built outside medseg_auto's runner (nnUNetv2_train)
             self.print_to_log_file("No ROI model given (earlier_stage_folders['roi']): nnU-Net's whole-volume "
                                    "validation of this model alone instead of the cascade's.")

@@ -13,17 +13,22 @@ What changes, and nothing else (network, loss, augmentation and inference are nn
 - on a CPU with native bfloat16 the training forward runs in bfloat16 autocast where a timed step shows it
   faster (``precision.py``; ``precision: fp32`` or ``bf16`` decides instead);
 - ``augmentation: light`` leaves out nnU-Net's noise, blur and low-resolution transforms; ``strong`` is
-  nnU-Net's ``nnUNetTrainerDA5`` augmentation (``augmentation.py``).
+  nnU-Net's ``nnUNetTrainerDA5`` augmentation (``augmentation.py``);
+- under DDP (``torchrun``, an initialised process group) it trains on CPUs too (gloo), and every time
+  decision is rank 0's (``distributed.py``).
+
+The decisions themselves are ``epoch_plan.EpochPlanner``'s; this class times nnU-Net's loops for it and
+applies its answers.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,11 +36,15 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.device import without_nnunet_device_remarks
+from medseg_auto.trainers import distributed
 from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
+from medseg_auto.trainers.epoch_plan import VALIDATION_MODES, EpochPlanner, FoldBudget
+from medseg_auto.trainers.epoch_plan import _Speed, epoch_iterations  # noqa: F401  (importable from here too)
 from medseg_auto.trainers.precision import choose_precision, native_bf16, train_in_bf16
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
 CLOCK_FILE = "medseg_clock.json"
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: nnU-Net's CUDA autocast
 
 
 class TrainingInterrupted(Exception):
@@ -44,53 +53,6 @@ class TrainingInterrupted(Exception):
 
 class _TimeUp(Exception):
     """Raised at the start of an epoch that cannot end inside the fold's time."""
-
-
-@dataclass
-class FoldBudget:
-    """The fold's share of the run's budget and how to spend it (set by the runner before training).
-    ``seconds`` has no default: a trainer without a time limit would train for ever at a constant rate."""
-
-    seconds: float                     # training + final validation of this fold
-    spent: float = 0.0                 # used by earlier sessions of this fold (resume)
-    lr_shape: str = "constant_decay"
-    decay_fraction: float = 0.3
-    checkpoint_every: float = 120.0    # seconds between checkpoint_latest writes
-    max_epoch_seconds: float = 120.0
-    cpu_batch_voxels: int = 180_000    # about two 3D hippocampus patches: ~1.6 s per iteration on 2 cores
-    batch_size: int | None = None      # the user's batch: replaces nnU-Net's plan and the CPU cap
-    learning_rate: float | None = None  # the user's initial rate: replaces nnU-Net's 0.01
-    mirror_share: float = 0.15         # validate with mirroring if it costs at most this share of the fold
-    validation_share: float = 0.35     # validate at all if it costs at most this share
-    augmentation: str = "nnunet"       # or "light", "strong" (augmentation.py)
-    precision: str = "auto"            # CPU training forward: "fp32", "bf16" autocast, or timed (precision.py)
-
-
-@dataclass
-class _Speed:
-    """Measured seconds per training iteration, per validation iteration, per epoch overhead and per
-    sliding window of the final validation."""
-
-    train_iter: float | None = None
-    val_iter: float | None = None
-    overhead: float = 2.0
-    window: float | None = None
-
-    def update(self, name: str, value: float) -> None:
-        old = getattr(self, name)
-        setattr(self, name, value if old is None else 0.5 * old + 0.5 * value)
-
-
-def epoch_iterations(left: float, training_seconds: float, speed: _Speed, max_epoch_seconds: float) -> int:
-    """Training iterations for the next epoch, from measured speed: about a twentieth of the training time
-    (10 s to ``max_epoch_seconds``), so the log and the checkpoints come often, but enough that the epoch's
-    validation step and its end (checkpoint, plot) stay under a tenth of it when iterations are slow (large
-    patches on a CPU); never more than fit in the ``left`` seconds (0: time is up) nor nnU-Net's 250."""
-    per_iter = speed.train_iter + (speed.val_iter or 0.0) / 10
-    target = min(max_epoch_seconds, max(10.0, training_seconds / 20))
-    least = math.ceil(10 * ((speed.val_iter or 0.0) + speed.overhead) / speed.train_iter)
-    fits = int((left - speed.overhead) / per_iter)
-    return max(0, min(max(int(target / per_iter), least), fits, 250))
 
 
 def padded_shape(shape: Sequence[int], patch: Sequence[int]) -> list[int]:
@@ -120,25 +82,34 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        with without_nnunet_device_remarks():  # the run names the device itself
+        with without_nnunet_device_remarks(), warnings.catch_warnings():  # the run names the device itself
+            # under DDP nnU-Net makes a CUDA grad scaler whatever the device (dropped below on a CPU)
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
             super().__init__(plans, configuration, fold, dataset_json, device)
+        if distributed.is_distributed():  # nnU-Net moved every rank to cuda:RANK: CPUs keep the device asked for
+            self.device = distributed.rank_device(device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            else:
+                self.grad_scaler = None  # nnU-Net's is for CUDA's float16
         self.num_epochs = 10 ** 9  # the clock ends training, not the epoch count
         self.num_iterations_per_epoch = 5  # a short first epoch measures the speed; later ones are sized
         self.num_val_iterations_per_epoch = 1
         self._budget: FoldBudget | None = None  # set by the runner (medseg_auto.train.train_fold)
+        self._planner: EpochPlanner | None = None  # made from the budget at its first use
         self.stop_requested = threading.Event()  # set by the runner's signal handler
         self.on_epoch_done: Callable[["nnUNetTrainerTimeBudget"], None] | None = None
-        self.validation_mode = "mirrored"  # decided from measured speed: mirrored, fast, skipped
-        self._mode_fixed = False  # decided once, after warm-up, so the reserve (and the schedule) stay stable
         self._t0 = time.monotonic()
-        self._speed = _Speed()
         self.iterations_done = 0
         self._marks: dict[str, float] = {}
+        self._first_step_end: float | None = None  # when the current loop's first step ended
         self._last_save = time.monotonic()
+        self._shared_fraction = 0.0  # under DDP: rank 0's training fraction, for the learning rate
         self._val_windows: int | None = None
-        self._reserve: float | None = None  # seconds kept for the final validation, updated every epoch
         self._input_channels: int | None = None  # as the network receives them (with any added channels)
         self.precision: str | None = None  # of the training forward, chosen at the first step
+        self.compiled = False  # whether nnU-Net compiled the network (torch.compile; CUDA only)
+        self.global_batch_size: int | None = None  # the batch of all ranks together
 
     @classmethod
     def check_options(cls, channels: list[str], options: dict) -> None:
@@ -167,6 +138,26 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
     @budget.setter
     def budget(self, value: FoldBudget) -> None:
         self._budget = value
+        if getattr(self, "_planner", None) is not None:
+            self._planner.budget = value
+
+    @property
+    def planner(self) -> EpochPlanner:
+        """The fold's time decisions (``epoch_plan.EpochPlanner``), made from the budget at first use."""
+        planner = getattr(self, "_planner", None)
+        if planner is None:
+            planner = self._planner = EpochPlanner(self.budget, self.estimate_validation_seconds,
+                                                   held_out=self.fold != "all")
+        return planner
+
+    @property
+    def validation_mode(self) -> str:
+        """The final validation's mode: mirrored, fast or skipped (decided from measured speed)."""
+        return self.planner.validation_mode
+
+    @validation_mode.setter
+    def validation_mode(self, mode: str) -> None:
+        self.planner.validation_mode = mode
 
     # -- the clock ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -174,12 +165,27 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def training_seconds(self) -> float:
         """The part of the fold's time for training: the whole minus the final validation's reserve."""
-        if self._reserve is None:
-            self._reserve = self.validation_reserve()
-        return self.budget.seconds - self._reserve
+        return self.planner.training_seconds()
 
     def training_fraction(self) -> float:
-        return self.elapsed() / max(self.training_seconds(), 1e-6)
+        """The elapsed share of the training time, which the learning rate follows; under DDP rank 0's, as
+        last shared (every step shares it)."""
+        if distributed.is_distributed():
+            return self._shared_fraction
+        return self.planner.training_fraction(self.elapsed())
+
+    def validation_reserve(self) -> float:
+        """Seconds kept for the final validation (``EpochPlanner.validation_reserve``)."""
+        return self.planner.validation_reserve(self.current_epoch)
+
+    def _share_step(self) -> bool:
+        """Before a step: rank 0's training fraction for the learning rate, and whether any rank was asked
+        to stop (one all_reduce under DDP, where each rank's own clock would give each its own rate)."""
+        fraction = self.planner.training_fraction(self.elapsed()) if distributed.rank() == 0 else 0.0
+        (self._shared_fraction,), (stop,) = distributed.rank0_and_any([fraction], [self.stop_requested.is_set()])
+        if stop:
+            self.stop_requested.set()  # on every rank, as the signal handler does on its own
+        return stop
 
     def configure_optimizers(self):
         if self.budget.learning_rate:
@@ -188,40 +194,86 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         return optimizer, ElapsedFractionLR(optimizer, self.initial_lr, self.training_fraction,
                                             self.budget.lr_shape, self.budget.decay_fraction)
 
+    # -- DDP: on CPUs too, wrapped here -------------------------------------------------------------------
+    def initialize(self):
+        """nnU-Net's, with the DDP wrap done here: nnU-Net's passes ``device_ids=[global rank]``, which DDP
+        refuses for a CPU module and which names a missing GPU on a second machine."""
+        if not self.is_ddp:
+            super().initialize()
+        else:
+            self.is_ddp = False  # nnU-Net's initialize then builds, compiles and leaves the network unwrapped
+            try:
+                super().initialize()
+            finally:
+                self.is_ddp = True
+            self.network = distributed.wrap(self.network, self.device)
+            self.loss = self._build_loss()  # again, with DDP's settings (batch Dice gathered over the ranks)
+        from torch._dynamo import OptimizedModule
+
+        self.compiled = isinstance(distributed.unwrap(self.network), OptimizedModule)
+
     def _set_batch_size_and_oversample(self):
-        super()._set_batch_size_and_oversample()
-        if self.budget.batch_size and not self.is_ddp:
-            self.print_to_log_file(f"batch size {self.batch_size} -> {self.budget.batch_size} (--batch-size)")
-            self.batch_size = self.budget.batch_size
-        elif self.device.type == "cpu" and not self.is_ddp:
+        """The user's batch, or nnU-Net's capped in voxels on a CPU; under DDP that is the batch of all ranks,
+        split over them by nnU-Net, each rank's oversampling with it. Every rank gets the same share (at least
+        one): nnU-Net's batch Dice gathers each rank's per-sample sums, which fails on unequal batches."""
+        batch = self._global_batch_size()
+        ranks = distributed.world_size()
+        if not distributed.is_distributed():
+            self.global_batch_size = self.batch_size = batch
+            return
+        self.global_batch_size = max(ranks, batch - batch % ranks)
+        if self.global_batch_size != batch:
+            self.print_to_log_file(f"batch size {batch} -> {self.global_batch_size}: an equal share for each of "
+                                   f"{ranks} ranks")
+        config = self.configuration_manager.configuration
+        planned, ddp = config["batch_size"], self.is_ddp
+        config["batch_size"], self.is_ddp = self.global_batch_size, True
+        try:
+            super()._set_batch_size_and_oversample()
+        finally:
+            config["batch_size"], self.is_ddp = planned, ddp
+
+    def _global_batch_size(self) -> int:
+        planned = self.configuration_manager.batch_size
+        if self.budget.batch_size:
+            self.print_to_log_file(f"batch size {planned} -> {self.budget.batch_size} (--batch-size)")
+            return self.budget.batch_size
+        if self.device.type == "cpu":
             cap = max(2, self.budget.cpu_batch_voxels // int(np.prod(self.configuration_manager.patch_size)))
-            if self.batch_size > cap:
-                self.print_to_log_file(f"CPU: batch size {self.batch_size} -> {cap} (at most "
+            if planned > cap:
+                self.print_to_log_file(f"CPU: batch size {planned} -> {cap} (at most "
                                        f"{self.budget.cpu_batch_voxels} voxels per batch)")
-                self.batch_size = cap
+                return cap
+        return planned
 
     def _set_precision(self, batch_shape: tuple[int, ...]) -> None:
         """Choose the training forward's precision, at the first step (the probe needs the batch's shape):
         ``fp16`` on CUDA (nnU-Net's autocast), else the run's ``fp32`` or ``bf16``; ``auto`` keeps an
-        interrupted fold's choice, or times both (``precision.choose_precision``)."""
+        interrupted fold's choice, or times both (``precision.choose_precision``). Under DDP rank 0 chooses."""
+        if distributed.rank() == 0:
+            self.precision = self._choose_precision(batch_shape)
+        code = distributed.agree(TRAINING_PRECISIONS.index(self.precision) if distributed.rank() == 0 else 0)
+        self.precision = TRAINING_PRECISIONS[int(code)]
+        if self.precision == "bf16":
+            train_in_bf16(distributed.unwrap(self.network))
+
+    def _choose_precision(self, batch_shape: tuple[int, ...]) -> str:
         asked = self.budget.precision
         if self.device.type != "cpu":
             if asked == "bf16":
                 self.print_to_log_file(f"--precision bf16 is for CPU training; on {self.device.type} nnU-Net's "
                                        "own mixed precision is used.")
-            self.precision = "fp16" if self.device.type == "cuda" else "fp32"
-        elif asked != "auto":
-            self.precision = asked
+            return "fp16" if self.device.type == "cuda" else "fp32"
+        if asked != "auto":
             if asked == "bf16" and not native_bf16():
                 self.print_to_log_file("--precision bf16: this CPU has no native bfloat16, so it may be slower "
                                        "than float32.")
-        elif (clock := read_fold_clock(self.output_folder) or {}).get("precision") in ("fp32", "bf16"):
-            self.precision = clock["precision"]  # a resumed fold keeps its choice
-        else:
-            self.precision, why = choose_precision(self.network, batch_shape)
-            self.print_to_log_file(f"--precision auto: {self.precision} ({why}).")
-        if self.precision == "bf16":
-            train_in_bf16(self.network)
+            return asked
+        if (clock := read_fold_clock(self.output_folder) or {}).get("precision") in ("fp32", "bf16"):
+            return clock["precision"]  # a resumed fold keeps its choice
+        precision, why = choose_precision(distributed.unwrap(self.network), batch_shape)
+        self.print_to_log_file(f"--precision auto: {precision} ({why}).")
+        return precision
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         """The rotation, mirroring and initial patch size of the augmentation's nnU-Net trainer (``strong``
@@ -237,58 +289,75 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     # -- epochs sized to the time left ----------------------------------------------------------------------
     def on_epoch_start(self):
-        if self.stop_requested.is_set():
-            raise TrainingInterrupted
+        """The epoch's length from the planner (under DDP rank 0's, with its validation decision and its
+        fraction for the learning rate); a stop asked of any rank, or no time left, ends training here."""
         self._marks["epoch"] = time.monotonic()
-        self._reserve = self.validation_reserve()
-        left = self.training_seconds() - self.elapsed()
-        s = self._speed
-        if s.train_iter is None:
-            if left <= 0:
-                raise _TimeUp
-        else:
-            n = epoch_iterations(left, self.training_seconds(), s, self.budget.max_epoch_seconds)
-            if n < 1:
-                raise _TimeUp
-            self.num_iterations_per_epoch = n
-            self.num_val_iterations_per_epoch = max(1, round(n / 10))  # only the pseudo-Dice shown per epoch
+        planner, stop = self.planner, self.stop_requested.is_set()
+        decision = [0.0] * 6
+        if distributed.rank() == 0 and not stop:
+            n = planner.next_epoch(self.elapsed(), self.current_epoch)
+            decision = [n, planner.validation_iterations(n), planner.reserve,
+                        VALIDATION_MODES.index(planner.validation_mode), planner.mode_fixed,
+                        planner.training_fraction(self.elapsed())]
+        decision, (stop,) = distributed.rank0_and_any(decision, [stop])
+        if stop:
+            self.stop_requested.set()
+            raise TrainingInterrupted
+        n, n_val, reserve, mode, fixed, self._shared_fraction = decision
+        planner.adopt(reserve, VALIDATION_MODES[int(mode)], bool(fixed))
+        if n < 1:
+            raise _TimeUp
+        self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = int(n), int(n_val)
         super().on_epoch_start()
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        self._marks["train"] = time.monotonic()
+        self._marks["train"], self._first_step_end = time.monotonic(), None
 
     def train_step(self, batch: dict) -> dict:
-        if self.stop_requested.is_set():
+        if self._share_step():
             raise TrainingInterrupted
         self.lr_scheduler.step()
         if self.precision is None:
             self._set_precision(tuple(batch["data"].shape))
         self._input_channels = batch["data"].shape[1]
-        out = super().train_step(batch)
+        out = super().train_step(batch)  # ends on the loss copied to the CPU: the step is done, even on CUDA
+        self._mark_first_step()
         self.iterations_done += 1
         return out
 
+    def _mark_first_step(self) -> None:
+        if self._first_step_end is None:
+            self._first_step_end = time.monotonic()
+
     def on_train_epoch_end(self, train_outputs):
-        self._speed.update("train_iter", (time.monotonic() - self._marks["train"]) / len(train_outputs))
+        self._record_loop("train", len(train_outputs))
         super().on_train_epoch_end(train_outputs)
+
+    def _record_loop(self, kind: str, iterations: int) -> None:
+        """The loop's timing for the planner: the whole, and its first step (the session's first is warm-up)."""
+        now, start = time.monotonic(), self._marks[kind]
+        first = (self._first_step_end or now) - start
+        self.planner.record_loop(kind, now - start, iterations, first)
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
-        self._marks["val"] = time.monotonic()
+        self._marks["val"], self._first_step_end = time.monotonic(), None
+
+    def validation_step(self, batch: dict) -> dict:
+        out = super().validation_step(batch)
+        self._mark_first_step()
+        return out
 
     def on_validation_epoch_end(self, val_outputs):
-        self._speed.update("val_iter", (time.monotonic() - self._marks["val"]) / len(val_outputs))
+        self._record_loop("val", len(val_outputs))
         super().on_validation_epoch_end(val_outputs)
 
     def on_epoch_end(self):
-        every = min(self.budget.checkpoint_every, max(15.0, self.budget.seconds / 10))  # short folds: often
-        due = time.monotonic() - self._last_save >= every
-        self.save_every = 1 if due else self.num_epochs  # nnU-Net saves checkpoint_latest when this divides
+        # nnU-Net saves checkpoint_latest when save_every divides the epoch; only rank 0 saves
+        self.save_every = 1 if self.planner.checkpoint_due(time.monotonic() - self._last_save) else self.num_epochs
         super().on_epoch_end()
-        loops = (self._speed.train_iter * self.num_iterations_per_epoch
-                 + self._speed.val_iter * self.num_val_iterations_per_epoch)
-        self._speed.overhead = max(0.0, time.monotonic() - self._marks["epoch"] - loops)
+        self.planner.end_epoch(time.monotonic() - self._marks["epoch"])
         if self.on_epoch_done is not None:
             self.on_epoch_done(self)
 
@@ -319,18 +388,23 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     # -- checkpoints that survive a kill ------------------------------------------------------------------
     def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written atomically with the fold's clock beside it (rank 0 only, as nnU-Net)."""
         tmp = filename + ".tmp"
         super().save_checkpoint(tmp)
         if os.path.isfile(tmp):
             os.replace(tmp, filename)
         if os.path.basename(filename) != "checkpoint_best.pth":
             self._last_save = time.monotonic()
-            self._write_clock()
+            if distributed.rank() == 0:
+                self._write_clock()
 
     def _write_clock(self) -> None:
+        planner = self.planner
         state = {"spent": self.elapsed(), "epochs": self.current_epoch + 1, "iterations": self.iterations_done,
-                 "batch_size": self.batch_size, "speed": asdict(self._speed),
-                 "budget": asdict(self.budget), "validation": self.validation_mode, "precision": self.precision}
+                 "batch_size": self.batch_size, "speed": asdict(planner.speed),
+                 "budget": asdict(self.budget), "validation": planner.validation_mode, "precision": self.precision,
+                 "compiled": self.compiled, "warmup_seconds": round(planner.warmup_seconds, 2),
+                 "ranks": distributed.world_size(), "global_batch_size": self.global_batch_size or self.batch_size}
         path = os.path.join(self.output_folder, CLOCK_FILE)
         with open(path + ".tmp", "w") as f:
             json.dump(state, f, indent=1, default=float)
@@ -340,32 +414,10 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         super().load_checkpoint(filename_or_checkpoint)
         clock = read_fold_clock(self.output_folder)
         if clock:
-            self._speed = _Speed(**clock["speed"])
+            self.planner.restore(clock)
             self.iterations_done = clock["iterations"]
-            self.validation_mode, self._mode_fixed = clock["validation"], clock["epochs"] > 3
 
     # -- final validation inside the budget ---------------------------------------------------------------
-    def validation_reserve(self) -> float:
-        """Seconds kept for the final validation: estimated from measured speed, a share before that."""
-        if self._speed.val_iter is None:
-            return 0.15 * self.budget.seconds
-        if not self._mode_fixed:
-            self.validation_mode = self._choose_validation()
-            self._mode_fixed = self.current_epoch >= 3  # the first epochs' speed includes warm-up
-        if self.validation_mode == "skipped":
-            return 0.0
-        return 1.25 * self.estimate_validation_seconds(self.validation_mode == "mirrored")
-
-    def _choose_validation(self) -> str:
-        if self.fold == "all":
-            return "skipped"  # no held-out cases: fold 'all' trains on every case
-        total = self.budget.seconds
-        if self.estimate_validation_seconds(True) <= self.budget.mirror_share * total:
-            return "mirrored"
-        if self.estimate_validation_seconds(False) <= self.budget.validation_share * total:
-            return "fast"
-        return "skipped"
-
     def estimate_validation_seconds(self, mirrored: bool) -> float:
         """Sliding windows of all validation cases x measured seconds per window, plus each case's share of
         the rest (about 1.5 s, and 1 s per million voxels: nnU-Net's export workers share the cores) and the
@@ -388,42 +440,49 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def window_seconds(self) -> float:
         """Seconds of one sliding window (batch 1, inference mode), measured once on a blank patch. The
-        validation steps are no guide: on a CPU their batch of 2 costs about what a single window does."""
-        if self._speed.window is None:
+        validation steps are no guide: on a CPU their batch of 2 costs about what a single window does.
+        Under DDP the network inside the wrapper is timed: the probe runs on rank 0 alone."""
+        speed = self.planner.speed
+        if speed.window is None:
             if self._input_channels is None:  # no training step yet
-                return (self._speed.val_iter or 1.0) / self.batch_size
+                return (speed.val_iter or 1.0) / self.batch_size
             x = torch.zeros((1, self._input_channels, *self.configuration_manager.patch_size), device=self.device)
             autocast = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
-            training = self.network.training
-            self.network.eval()
+            network = distributed.unwrap(self.network)
+            training = network.training
+            network.eval()
             try:
                 with torch.no_grad(), autocast:
                     for _ in range(2):  # the first call pays for warm-up
                         start = time.monotonic()
-                        self.network(x)
+                        network(x)
                         if self.device.type == "cuda":
                             torch.cuda.synchronize()
-                        self._speed.window = time.monotonic() - start
+                        speed.window = time.monotonic() - start
             finally:
-                self.network.train(training)
-        return self._speed.window
+                network.train(training)
+        return speed.window
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        if not self._mode_fixed and self._speed.val_iter is not None:
-            self.validation_mode = self._choose_validation()
-        mode = self.validation_mode
+        planner = self.planner
+        mode = planner.validation_mode
+        if distributed.rank() == 0 and not planner.mode_fixed and planner.speed.val_iter is not None:
+            mode = planner.choose_validation()
+        mode = planner.validation_mode = VALIDATION_MODES[int(distributed.agree(VALIDATION_MODES.index(mode)))]
         if mode == "skipped":
             why = "fold 'all' has no held-out cases" if self.fold == "all" else \
                 "it would not fit in the fold's budget"
             self.print_to_log_file(f"Final validation skipped: {why}.", also_print_to_console=True)
             return
         mirrored = mode == "mirrored"
-        estimate, start = self.estimate_validation_seconds(mirrored), time.monotonic()
+        logs = distributed.rank() == 0  # the estimates are for the log, which rank 0 writes
+        estimate, start = self.estimate_validation_seconds(mirrored) if logs else 0.0, time.monotonic()
         axes = self.inference_allowed_mirroring_axes
         if not mirrored:
-            self.print_to_log_file("Final validation without mirroring: with mirroring it would take about "
-                                   f"{self.estimate_validation_seconds(True):.0f} s, more than "
-                                   f"{self.budget.mirror_share:.0%} of the fold's budget.")
+            if logs:
+                self.print_to_log_file("Final validation without mirroring: with mirroring it would take about "
+                                       f"{self.estimate_validation_seconds(True):.0f} s, more than "
+                                       f"{self.budget.mirror_share:.0%} of the fold's budget.")
             self.inference_allowed_mirroring_axes = None
         try:
             with without_nnunet_device_remarks():
