@@ -172,19 +172,16 @@ def stage_spent(workspace: Workspace, stage: Stage, fold) -> float:
 def run_job(job_path: Path) -> int:
     """Train the fold of ``job_path`` in this process (a ``--workers``/``--gpus`` fold, or a torchrun rank)
     and write its record; the exit code says how it ended (0, 130 interrupted, 1 failed)."""
-    from medseg_auto.device import describe_device
+    from medseg_auto.device import apply_device_profile, describe_device
     from medseg_auto.train import configure_nnunet_processes, epoch_line
 
     job = FoldJob.load(job_path)
     _stop_with_parent()
-    configure_nnunet_processes(job.device)  # before nnunetv2 is imported
-    import torch
-
+    configure_nnunet_processes(job.device)  # before nnunetv2 is imported (the run gave this process its share)
     from medseg_auto.trainers.time_budget import TrainingInterrupted
 
-    if job.threads:
-        torch.set_num_threads(job.threads)
     device = _process_device(job.device)
+    apply_device_profile(device, job.threads)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(f"[train] fold {job.fold}: own process {os.getpid()}, {describe_device(device)}", file=sys.stderr)

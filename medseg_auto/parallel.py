@@ -139,6 +139,7 @@ class FoldLauncher:
                 for index, (fold, process) in list(self.running.items()):
                     if process.poll() is not None:
                         del self.running[index]
+                        _end_session(process)
                         self._finished(fold, process.returncode)
         except BaseException:
             self._stop_all()
@@ -194,4 +195,14 @@ class FoldLauncher:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            _end_session(process)
         self.running.clear()
+
+
+def _end_session(process: subprocess.Popen) -> None:
+    """Kill what is left of an ended fold process's session: nnU-Net's augmentation workers outlive a fold
+    process killed by a signal (they stop with it only when it exits normally)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

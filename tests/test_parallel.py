@@ -148,6 +148,9 @@ def test_two_folds_at_once_one_killed_then_resumed_and_exported(tmp_path):
     assert card["training_settings"]["fold_processes"]["torch_threads_per_rank"] == max(1, (os.cpu_count() or 1) // 2)
     assert card["time_used_seconds"] <= 2.0 * 60 + 20
     assert sorted(p.name for p in (project / "output_models" / "hippo").rglob("fold_*")) == ["fold_0", "fold_1"]
+    # nothing of the killed fold process is left behind (nnU-Net's augmentation workers outlive a kill -9)
+    leftover = subprocess.run(["pgrep", "-f", str(project / "work")], capture_output=True, text=True).stdout
+    assert not leftover.strip(), leftover
 
 
 def _free_port() -> int:
