@@ -96,6 +96,10 @@ def measure(variant: str, work: Path, iterations: int, warmup: int) -> dict:
     narrow_network(plans, "3d_fullres", knobs.get("width", CPU_WIDTH) if ours else 1.0)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainer = cls(plans, "3d_fullres", 0, dataset_json, device)
+    if ours:
+        from medseg_auto.trainers.time_budget import FoldBudget
+
+        trainer.budget = FoldBudget(seconds=3600.0)  # only its settings are read here (batch cap, precision)
     trainer.on_train_start()
     trainer.network.train()
     if knobs.get("channels_last"):
