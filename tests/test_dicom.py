@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,176 @@ def test_files_that_hold_no_image_are_named(tmp_path):
     with pytest.raises(dicom.DicomError, match="structured report"):
         read_image(tmp_path / "alone.dcm")
 
+
+
+# --- the fast header reader against pydicom, and the caches of a long-lived process -----------------------
+
+def resave(folder: Path, *, implicit: bool = False, big_endian: bool = False, charset: str | None = None,
+           description: str | None = None, padding: int = 0) -> None:
+    """Rewrite every slice of ``folder`` in another encoding: implicit VR or big endian, a character set with a
+    description in it; with nested sequences of undefined length (and an undefined-length UN, its items in
+    implicit VR), and ``padding`` bytes of a private OB before the geometry (a header longer than a first
+    read)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        if charset:
+            ds.SpecificCharacterSet = charset
+        if description is not None:
+            ds.SeriesDescription = description
+        inner = Dataset()
+        inner.CodeMeaning = "inner"
+        inner.is_undefined_length_sequence_item = True
+        item = Dataset()
+        item.CodeValue, item.ConceptNameCodeSequence = "X1", Sequence([inner])
+        item["ConceptNameCodeSequence"].is_undefined_length = True
+        item.is_undefined_length_sequence_item = True
+        ds.ProcedureCodeSequence = Sequence([item, Dataset()])
+        ds["ProcedureCodeSequence"].is_undefined_length = True
+        if padding:
+            ds.add_new(0x00110010, "LO", "MEDSEG TEST")
+            ds.add_new(0x00111001, "OB", bytes(range(256)) * (padding // 256))
+        if big_endian:
+            ds.PixelData = ds.pixel_array.astype(">i2").tobytes()  # decoded before the syntax changes
+            ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        elif implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        if big_endian:
+            pydicom.dcmwrite(f, ds, implicit_vr=False, little_endian=False,
+                             force_encoding=True)
+            continue
+        # an undefined-length UN (its items in implicit VR), as some archives keep them
+        ds.add(DataElement(0x00091032, "UN", UN_ITEMS, is_undefined_length=True))
+        ds.save_as(f, enforce_file_format=True)
+
+
+def _implicit(group: int, element: int, value: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<HHI", group, element, len(value) if length is None else length) + value
+
+
+# two items, the first holding a nested sequence of undefined length, everything in implicit VR
+UN_ITEMS = (_implicit(0xFFFE, 0xE000, b"", 0xFFFFFFFF) + _implicit(0x0008, 0x0100, b"X1")
+            + _implicit(0x0040, 0xA043, b"", 0xFFFFFFFF) + _implicit(0xFFFE, 0xE000, b"", 0xFFFFFFFF)
+            + _implicit(0x0008, 0x0104, b"inner ") + _implicit(0xFFFE, 0xE00D, b"") + _implicit(0xFFFE, 0xE0DD, b"")
+            + _implicit(0xFFFE, 0xE00D, b"") + _implicit(0xFFFE, 0xE000, b""))
+
+
+def pydicom_only(monkeypatch) -> None:
+    """Every file read by pydicom, as before the fast reader: the reference."""
+    monkeypatch.setattr(dicom, "_fast_read", lambda path, pixels: None)
+    dicom.clear_caches()
+
+
+@pytest.mark.parametrize("variant", ["implicit", "unicode", "latin1", "long_header", "big_endian"])
+def test_fast_reader_reads_as_pydicom_does(tmp_path, monkeypatch, variant):
+    image = hippocampus_image(uint8_cases(1)[0])
+    folder = tmp_path / "series"
+    write_series(image, folder)
+    resave(folder, **{"implicit": dict(implicit=True, padding=20000),
+                      "unicode": dict(charset="ISO_IR 192", description="Kopf T1 – Hirn ü"),
+                      "latin1": dict(charset="ISO_IR 100", description="Kopf T1 Hirn ü"),
+                      "long_header": dict(padding=40000),
+                      "big_endian": dict(big_endian=True)}[variant])
+    first = sorted(folder.iterdir())[0]
+    raw = dicom._fast_read(first, pixels=True)
+    if variant == "big_endian":
+        assert raw is None  # pydicom's path
+    else:
+        assert dicom._fast_slice(first, raw) is not None and dicom._fast_pixels(raw) is not None
+        assert dicom._fast_slice(first, dicom._fast_read(first, pixels=False)) == dicom._fast_slice(first, raw)
+    dicom.clear_caches()
+    fast = dicom.read_series(folder), dicom.read_series_geometry(folder)
+    assert_same(fast[0], image)
+    pydicom_only(monkeypatch)
+    slow = dicom.read_series(folder), dicom.read_series_geometry(folder)
+    assert fast[1] == slow[1]  # every slice's header, the order and the grid
+    np.testing.assert_array_equal(fast[0].array, slow[0].array)
+    assert fast[0].array.dtype == slow[0].array.dtype
+    if variant in ("unicode", "latin1"):
+        assert fast[1].description == pydicom.dcmread(first).SeriesDescription
+
+
+def test_truncated_and_stray_files_are_named(tmp_path, monkeypatch):
+    image = hippocampus_image(uint8_cases(1)[0])
+    folder = tmp_path / "series"
+    write_series(image, folder)
+    victim = sorted(folder.iterdir())[3]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # truncated inside the pixels
+    with pytest.raises(dicom.DicomError, match=rf"{victim.name}: the file is truncated \(it ends inside its pixel"):
+        dicom.read_series(folder)
+    assert dicom.read_series_geometry(folder).shape[0] == image.GetSize()[2]  # its header is whole
+    victim.write_bytes(data[:300])  # truncated inside the header
+    with pytest.raises(dicom.DicomError, match=rf"{victim.name}: the file is truncated \(it ends inside its header"):
+        dicom.read_series_geometry(folder)
+    assert dicom.is_series_folder(folder)
+    monkeypatch.setattr(dicom, "_fast_read", lambda path, pixels: None)  # pydicom's path: its own message
+    with pytest.raises(dicom.DicomError, match=rf"{victim.name} in the series folder series/ is MR Image Storage"):
+        dicom.read_series_geometry(folder)
+    monkeypatch.undo()
+    victim.write_bytes(data)
+    (folder / "README").write_text("not DICOM at all")  # a stray file beside the slices is no slice
+    assert_same(dicom.read_series(folder), image)
+
+
+def test_a_series_rewritten_in_place_is_read_again_by_the_next_check(tmp_path):
+    """A long-lived process (a notebook, a server) checks, the user fixes the files in place, checks again:
+    the second check reads the files as they are now, not as the caches remember them."""
+    from medseg_auto.ingest.pipeline import DataProblems, IngestOptions, check_dataset
+
+    root = tmp_path / "ds"
+    (root / "labels").mkdir(parents=True)
+    cases = uint8_cases(2)
+    for i, case in enumerate(cases):
+        write_series(hippocampus_image(case), root / "images" / case, seed=i)
+        sitk.WriteImage(hippocampus_image(case, label=True), str(root / "labels" / f"{case}.nii.gz"))
+    options = IngestOptions(root, folds=["all"], progress=False)
+    first = check_dataset(options)
+    pixels, moved = (root / "images" / c for c in cases)
+    before = first.infos[pixels].shape, dicom.read_series(pixels).array.copy()
+
+    sizes = {f: f.stat().st_size for f in pixels.iterdir()}
+    for f in pixels.iterdir():  # the same files, the same sizes, other values: only the times change
+        ds = pydicom.dcmread(f)
+        ds.PixelData = (ds.pixel_array + 5).astype(np.int16).tobytes()
+        with open(f, "r+b") as out:
+            ds.save_as(out, enforce_file_format=True)
+    assert {f: f.stat().st_size for f in pixels.iterdir()} == sizes
+    names = {f.name for f in moved.iterdir()}
+    for f in moved.iterdir():  # the series re-exported 2 mm off its label
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [f"{v + d:.6f}" for v, d in zip(map(float, ds.ImagePositionPatient), (0, 2, 0))]
+        ds.save_as(f, enforce_file_format=True)
+    assert {f.name for f in moved.iterdir()} == names
+
+    with pytest.raises(DataProblems) as e:
+        check_dataset(options)
+    rows = [p for p in e.value.problems if p.is_error]
+    assert [p.case for p in rows] == [cases[1]] and "geometry differs" in rows[0].problem
+    now = dicom.read_series(pixels)
+    assert now.array.shape == before[0] and np.array_equal(now.array, before[1] + 5)
+
+
+def test_a_dicom_seg_follows_its_series_to_a_new_folder(tmp_path):
+    from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+    case = uint8_cases(1)[0]
+    image, label = hippocampus_image(case), hippocampus_image(case, label=True)
+    write_series(image, tmp_path / "before")
+    assert dicom.is_series_folder(tmp_path / "before")
+    write_dicom_seg(sitk.GetArrayFromImage(label), tmp_path / "seg.dcm", tmp_path / "before",
+                    [("anterior", (1,)), ("posterior", (2,))])
+    np.testing.assert_array_equal(read_image(tmp_path / "seg.dcm").array, sitk.GetArrayFromImage(label))
+    (tmp_path / "before").rename(tmp_path / "after")  # the series moved: found where discovery sees it now
+    assert dicom.is_series_folder(tmp_path / "after")
+    np.testing.assert_array_equal(read_image(tmp_path / "seg.dcm").array, sitk.GetArrayFromImage(label))
+    shutil.rmtree(tmp_path / "after")  # and gone: said so, not a stale folder's error
+    with pytest.raises(dicom.DicomError, match="references series .* not among the series folders"):
+        read_image(tmp_path / "seg.dcm")
 
 # --- training: paired and per-case DICOM datasets, end to end through --check ------------------------------
 
