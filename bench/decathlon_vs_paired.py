@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from heldout import mean_dice  # bench/ is on the path when a script runs
+from heldout import mean_dice, per_case_dice  # bench/ is on the path when a script runs
 from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSEG_DATA", REPO.parent / "shared" / "data"))
+
+
+def case_differences(a: Path, b: Path, labels: Path, names: dict[str, str]) -> list[float]:
+    """Per held-out case: mean foreground Dice of the predictions in ``b`` minus those in ``a``."""
+    first, second = per_case_dice(a, labels, names), per_case_dice(b, labels, names)
+    return [sum(second[c].values()) / len(names) - sum(first[c].values()) / len(names) for c in first]
 
 
 def link(src: Path, dest: Path) -> None:
@@ -58,6 +66,8 @@ def main() -> int:
     p.add_argument("--cases", type=int, default=160, help="training cases")
     p.add_argument("--heldout", type=int, default=40)
     p.add_argument("--work", type=Path, default=Path("/tmp/medseg_decathlon_vs_paired"))
+    p.add_argument("--forms", default="paired,decathlon", help="the runs, in order (paired,paired: the run-to-run "
+                   "noise of the same form)")
     args = p.parse_args()
     if args.work.exists():
         shutil.rmtree(args.work)
@@ -69,8 +79,8 @@ def main() -> int:
         link(DATA / "hippocampus" / "labels" / name, heldout / "labels" / name)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     rows = []
-    for form in ("paired", "decathlon"):
-        root = args.work / form
+    for i, form in enumerate(args.forms.split(",")):
+        root = args.work / f"{i}_{form}"
         build(form, root / "input_train" / "hippocampus", train)
         labels = ["-l", "Anterior,Posterior"] if form == "paired" else []
         print(f"[{form}] exe_train.py -t {args.minutes:g} -f 0", file=sys.stderr, flush=True)
@@ -84,16 +94,22 @@ def main() -> int:
                         str(heldout / "images"), "-o", str(root / "pred"), "--quiet"], check=True, env=clean)
         card = json.loads((bundle / "model_card.json").read_text())
         dice, per = mean_dice(root / "pred", heldout / "labels", card["labels"]["names"])
-        rows.append((form, wall, card["folds"]["0"], dice, per))
+        rows.append((form, wall, card["folds"]["0"], dice, per, root / "pred"))
 
     print(f"\n{describe('cpu')}; hippocampus, {args.cases} training cases (fold 0 of nnU-Net's split), "
           f"{args.heldout} held-out cases, -t {args.minutes:g}\n")
     print("| form | wall | fold seconds | iterations x batch | validation | held-out Dice (mirrored) | per label |")
     print("|---|---|---|---|---|---|---|")
-    for form, wall, fold, dice, per in rows:
+    for form, wall, fold, dice, per, _ in rows:
         print(f"| {form} | {wall / 60:.1f} min | {fold['seconds']:.0f} | {fold['iterations']} x {fold['batch_size']} "
               f"| {fold['validation']} | {dice:.4f} | " + ", ".join(f"{k} {v:.4f}" for k, v in per.items()) + " |")
-    print(f"\ndifference (Decathlon - paired): {rows[1][3] - rows[0][3]:+.4f} mean foreground Dice")
+    first = rows[0]
+    for form, _, _, dice, _, pred in rows[1:]:
+        diffs = case_differences(first[5], pred, heldout / "labels", card["labels"]["names"])
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        print(f"\ndifference ({form} - {first[0]}): {dice - first[3]:+.4f} mean foreground Dice; case by case "
+              f"{statistics.mean(diffs):+.4f} +- {se:.4f} (paired standard error over {len(diffs)} cases: the "
+              f"two models' difference on these cases, not the run-to-run noise of training)")
     return 0
 
 

@@ -134,7 +134,7 @@ def train_stages(job: FoldJob, stop: StopRequest, done: FoldRecord | None = None
             seconds = (job.seconds - used) * stage.share / sum(s.share for s in stages[i:])
             budget = FoldBudget(seconds=seconds, spent=stage_spent(job.workspace, stage, job.fold), **job.settings)
             label = f"fold {job.fold}" + (f", {stage.name} stage" if stage.name else "")
-            if len(stages) > 1:
+            if len(stages) > 1 and distributed.rank() == 0:
                 print(f"[train] {label} ({stage.configuration}): {fmt_duration(seconds)}", file=sys.stderr)
             # every rank the same choice (each rank's clock measured the stages before slightly differently)
             compiled, why = apply_compile_policy(device.type, distributed.agree(seconds - budget.spent), job.compile)
@@ -151,9 +151,10 @@ def train_stages(job: FoldJob, stop: StopRequest, done: FoldRecord | None = None
                                 stage.trainer, device, stop, epoch_done, pretrained, earlier)
             record.stages[stage.name] = result
             dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "not measured"
-            print(f"[train] {label} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
-                  f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
-                  f"Dice {dice}", file=sys.stderr)
+            if distributed.rank() == 0:
+                print(f"[train] {label} done in {fmt_duration(result.seconds)}: {result.epochs} epochs, "
+                      f"{result.iterations} iterations x {result.batch_size}; validation {result.validation}, "
+                      f"Dice {dice}", file=sys.stderr)
             if on_stage is not None:
                 on_stage(record)
         used += record.stages[stage.name].seconds
@@ -173,10 +174,11 @@ def run_job(job_path: Path) -> int:
     """Train the fold of ``job_path`` in this process (a ``--workers``/``--gpus`` fold, or a torchrun rank)
     and write its record; the exit code says how it ended (0, 130 interrupted, 1 failed)."""
     from medseg_auto.device import apply_device_profile, describe_device
+    from medseg_auto.parallel import stop_with_parent
     from medseg_auto.train import configure_nnunet_processes, epoch_line
 
     job = FoldJob.load(job_path)
-    _stop_with_parent()
+    stop_with_parent()  # the run, or torchrun under DDP
     configure_nnunet_processes(job.device)  # before nnunetv2 is imported (the run gave this process its share)
     from medseg_auto.trainers.time_budget import TrainingInterrupted
 
@@ -228,19 +230,6 @@ def _leave_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _stop_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when the run that started it dies (even by kill -9), so that a
-    fold never trains on unattended while a rerun resumes the same fold."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:

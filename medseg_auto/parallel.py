@@ -32,6 +32,7 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)
     threads: int | None = None
     ranks: int = 1
+    device_type: str = "cpu"
     rendezvous: list[str] = field(default_factory=list)  # torchrun's arguments for several machines
 
     def command(self, job: Path) -> list[str]:
@@ -75,7 +76,8 @@ def fold_slots(device, workers: int = 1, gpus: list[int] | None = None, ddp: int
     if rendezvous:
         ranks = ddp if device.type == "cpu" else min(ddp, len(visible_gpus()))
         return [Slot(f"{ranks} rank(s) here and on other machines", threads=max(1, cores // ranks)
-                     if device.type == "cpu" else None, ranks=ranks, rendezvous=rendezvous)]
+                     if device.type == "cpu" else None, ranks=ranks, device_type=device.type,
+                     rendezvous=rendezvous)]
     if device.type == "cuda":
         names = visible_gpus()
         if gpus is not None:
@@ -88,15 +90,17 @@ def fold_slots(device, workers: int = 1, gpus: list[int] | None = None, ddp: int
             if ddp > len(names):
                 raise InputError(f"--ddp {ddp}: only {len(names)} GPU(s) to use; use --ddp {len(names)} or less.")
             return [Slot(f"GPUs {','.join(names[:ddp])}", {"CUDA_VISIBLE_DEVICES": ",".join(names[:ddp])},
-                         ranks=ddp)]
+                         ranks=ddp, device_type="cuda")]
         if gpus is None and (len(names) < 2 or folds < 2):
             return []  # the one GPU, in this process
-        return [Slot(f"GPU {name}", {"CUDA_VISIBLE_DEVICES": name}) for name in names[:max(1, folds)]]
+        return [Slot(f"GPU {name}", {"CUDA_VISIBLE_DEVICES": name}, device_type="cuda")
+                for name in names[:max(1, folds)]]
     if ddp > 1:
         return [Slot(f"{ddp} CPU ranks", threads=max(1, cores // ddp), ranks=ddp)]
     if workers < 2 or folds < 2:
         return []
-    return [Slot(f"worker {i + 1}", threads=max(1, cores // workers)) for i in range(min(workers, folds))]
+    at_once = min(workers, folds)  # never more processes than folds, and their cores shared by those there are
+    return [Slot(f"worker {i + 1}", threads=max(1, cores // at_once)) for i in range(at_once)]
 
 
 def parallel_shares(seconds: float, spent: dict, slots: int) -> dict:
@@ -106,12 +110,20 @@ def parallel_shares(seconds: float, spent: dict, slots: int) -> dict:
     return {fold: used + max(0.0, seconds) / rounds for fold, used in spent.items()}
 
 
+def rounds_left(started: int, folds: int, slots: int) -> int:
+    """Rounds still to run, this one included, for the fold that starts after ``started`` others of
+    ``folds`` on ``slots``: its round is fixed by its place in the queue, not by how many folds of the round
+    before are still running (those end within the same time)."""
+    return max(1, math.ceil(folds / slots) - started // slots)
+
+
 class FoldLauncher:
     """Starts, watches and stops the fold processes of one run (``run``: the runner, which keeps the record)."""
 
     def __init__(self, run, plan, slots: list[Slot]):
         self.run, self.plan, self.slots = run, plan, slots
         self.running: dict[int, tuple] = {}  # slot index -> (fold, process)
+        self.stopping = False  # SIGTERM was sent: a second stop kills
 
     def train(self, folds: list) -> None:
         """Train ``folds``, up to one per slot at a time; returns when all are done, raises when one fails
@@ -131,8 +143,12 @@ class FoldLauncher:
                     saved = time.monotonic()
                 for index, slot in enumerate(self.slots):
                     if index not in self.running and queue:
+                        started = len(folds) - len(queue)
                         fold = queue.pop(0)
-                        self.running[index] = (fold, self._start(fold, slot, len(queue) + len(self.running) + 1))
+                        self.running[index] = (fold, self._start(fold, slot, rounds_left(started, len(folds),
+                                                                                         len(self.slots))))
+                        if started == 0 and queue:
+                            self._wait_for_splits(self.running[index][1])
                 if stop.event.wait(0.5):
                     self._stop_all()
                     raise TrainingInterrupted("stop requested while the folds trained")
@@ -147,12 +163,11 @@ class FoldLauncher:
         finally:
             stop.deferred = False
 
-    def _start(self, fold, slot: Slot, pending: int) -> subprocess.Popen:
-        """Write the fold's job and start its process: the time left over the rounds still to run."""
-        rounds = math.ceil(pending / len(self.slots))
-        seconds = self.run.fold_spent(fold) + max(0.0, self.run.time_for_folds()) / rounds
-        device_type = "cuda" if "CUDA_VISIBLE_DEVICES" in slot.env else "cpu"
-        job = self.run.fold_job(self.plan, fold, seconds, device_type, slot.threads)
+    def _start(self, fold, slot: Slot, rounds: int) -> subprocess.Popen:
+        """Write the fold's job and start its process: the time left over the ``rounds`` still to run, this
+        fold's included."""
+        seconds = self.run.fold_spent(fold) + max(0.0, self.run.time_for_folds()) / max(1, rounds)
+        job = self.run.fold_job(self.plan, fold, seconds, slot.device_type, slot.threads)
         path = job.save(self.run.workspace.job_file(fold))
         self.run.announce_fold(fold, seconds)
         entry = slot.command(path)
@@ -163,11 +178,23 @@ class FoldLauncher:
         from medseg_auto.train import nnunet_process_settings
 
         package_root = str(Path(__file__).resolve().parents[1])  # importable even when run from exe_train.py
-        shares = nnunet_process_settings(device_type, len(self.slots) * slot.ranks)  # the machine is shared
+        shares = nnunet_process_settings(slot.device_type, len(self.slots) * slot.ranks)  # the machine is shared
         env = dict(os.environ) | {k: v for k, v in shares.items() if k in self.run.nnunet_env_ours} | slot.env | {
             "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         # a session of its own: a terminal's Ctrl+C reaches the run alone, which forwards one SIGTERM
-        return subprocess.Popen(entry, env=env, start_new_session=True)
+        # and it stops when the run dies (even by kill -9), torchrun with its ranks
+        return subprocess.Popen(entry, env=env, start_new_session=True, preexec_fn=stop_with_parent)
+
+    def _wait_for_splits(self, first: subprocess.Popen, timeout: float = 300.0) -> None:
+        """Let the first fold process write nnU-Net's splits_final.json before others start: nnU-Net writes
+        it where it is missing, not atomically, and a second process could read it half-written."""
+        ws = self.run.workspace
+        splits = ws.preprocessed / ws.nnunet_name / "splits_final.json"
+        end = time.monotonic() + timeout
+        while not splits.is_file() and first.poll() is None and time.monotonic() < end:
+            if self.run.stop.event.wait(0.5):
+                return
+        time.sleep(0.5)  # nnU-Net's save_json closes the file right after creating it
 
     def _finished(self, fold, code: int) -> None:
         from medseg_auto.fold import EXIT_INTERRUPTED, FoldRecord, record_path
@@ -184,7 +211,11 @@ class FoldLauncher:
 
     def _stop_all(self) -> None:
         """SIGTERM to every fold process still running, then wait for their checkpoints (killed after
-        ``STOP_GRACE_SECONDS``)."""
+        ``STOP_GRACE_SECONDS``); a second stop while waiting kills them at once."""
+        if self.stopping:
+            for _, process in self.running.values():
+                process.kill()
+        self.stopping = True
         for _, process in self.running.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -197,6 +228,19 @@ class FoldLauncher:
                 process.wait()
             _end_session(process)
         self.running.clear()
+
+
+def stop_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when the process that started it dies (even by kill -9): a
+    fold never trains on unattended while a rerun resumes the same fold. Called in a fold process, or between
+    fork and exec of one (torchrun then stops its ranks)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def _end_session(process: subprocess.Popen) -> None:

@@ -15,7 +15,7 @@ import pytest
 from conftest import clean_env, copy_hippocampus, train_command
 from medseg_auto.errors import InputError
 from medseg_auto.fold import FoldJob, FoldRecord, StageSpec, record_path
-from medseg_auto.parallel import Slot, fold_slots, parallel_shares, rendezvous_arguments
+from medseg_auto.parallel import Slot, fold_slots, parallel_shares, rendezvous_arguments, rounds_left
 from medseg_auto.train import FoldResult
 
 CPU, CUDA = SimpleNamespace(type="cpu"), SimpleNamespace(type="cuda")
@@ -64,6 +64,18 @@ def test_parallel_folds_share_the_time_by_rounds():
     assert parallel_shares(600.0, {0: 0.0, 1: 0.0}, 2) == {0: 600.0, 1: 600.0}
 
 
+@pytest.mark.parametrize("folds, slots", [(4, 2), (5, 3), (6, 3), (5, 2), (5, 4), (2, 2)])
+def test_each_fold_started_gets_an_equal_share_of_the_run(folds, slots):
+    """Folds start as slots free up (the next round's folds at slightly different times); each gets the time
+    left over the rounds left, so all end at the budget with equal shares, whatever the order of endings."""
+    total, rounds = 1000.0, -(-folds // slots)
+    share = total / rounds
+    for started in range(folds):
+        now = (started // slots) * share + 0.01 * (started % slots)  # the slot frees up a little later
+        got = (total - now) / rounds_left(started, folds, slots)
+        assert abs(got - share) < 0.05 * share, (started, got, share)
+
+
 def test_fold_job_and_record_round_trip(tmp_path):
     job = FoldJob(str(tmp_path), "hippo", 1, 300.0, {"configurations": {}},
                   [StageSpec("roi", "medseg_auto.trainers.cascade:nnUNetTrainerCascadeROI", "3d_roi", 0.3),
@@ -98,6 +110,10 @@ def test_cli_refuses_workers_on_gpus_and_gpus_on_a_cpu(project, train_cli):
     assert code == 2 and "--workers is for CPU training" in err
     code, _, err = train_cli("-d", "hippo", "--gpus", "0,x", "--check")
     assert code == 2 and "--gpus '0,x'" in err
+    code, _, err = train_cli("-d", "hippo", "--pretrained", str(project), "--ddp", "2", "--check")
+    assert code == 2 and "--pretrained with --ddp/--nnodes" in err
+    code, _, err = train_cli("-d", "hippo", "--nnodes", "2", "--check")
+    assert code == 2 and "--rdzv-endpoint HOST:PORT" in err
 
 
 def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300.0) -> re.Match:
@@ -197,3 +213,14 @@ def test_two_machines_meet_through_torchrun_rendezvous(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     card = json.loads((project / "output_models" / "hippo" / "model_card.json").read_text())
     assert card["folds"]["0"]["epochs"] >= 2
+
+
+def test_gpus_on_a_machine_without_cuda_is_refused_before_planning(project, train_cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    copy_hippocampus(project / "input_train" / "hippo", 6)
+    code, _, err = train_cli("-d", "hippo", "-f", "0", "-t", "30", "--gpus", "0")  # --device auto: the CPU
+    assert code == 2 and "--gpus: no CUDA GPU is visible" in err
+    assert not (project / "work" / "hippo" / "nnUNet_preprocessed").exists()

@@ -202,6 +202,10 @@ def _run(args: argparse.Namespace, root: Path, argv: list[str]) -> int:
     if min(args.workers, args.ddp, args.nnodes) < 1:
         raise InputError(f"--workers {args.workers} --ddp {args.ddp} --nnodes {args.nnodes}: use 1 or more")
     rendezvous_arguments(args.nnodes, args.rdzv_endpoint)  # refuses a missing endpoint before any work
+    if args.pretrained and (args.ddp > 1 or args.nnodes > 1):
+        raise InputError("--pretrained with --ddp/--nnodes: fine-tuning under DDP is not supported yet (nnU-Net's "
+                         "weight loader maps the file to each rank's GPU); fine-tune without --ddp, or train with "
+                         "--ddp from scratch")
     if args.nnodes > 1 and args.workers > 1:
         raise InputError("--nnodes with --workers: several machines train one fold at a time (--ddp K ranks each)")
     if args.device == "cpu" and gpus is not None:

@@ -267,6 +267,7 @@ def _walk_dataset(data: bytes, pos: int, explicit: bool, out: dict[int, bytes], 
     common element is decoded inline (about 40 a slice)."""
     end, last = len(data), _PIXEL_DATA if pixels else _LAST_HEADER_TAG
     unpack = _EXPLICIT_ELEMENT.unpack_from if explicit else _IMPLICIT_ELEMENT.unpack_from
+    previous = -1
     while True:
         if pos + 12 > end:  # near the end: element by element, with every bound checked
             if pos == end and complete:
@@ -282,6 +283,9 @@ def _walk_dataset(data: bytes, pos: int, explicit: bool, out: dict[int, bytes], 
         else:
             group, element, length = unpack(data, pos)
             tag, vr, value = group << 16 | element, b"", pos + 8
+        if tag <= previous:  # out of order (not conformant): stopping at the first tag past the last wanted
+            raise _Unusual   # one could miss a wanted value, so pydicom reads the whole file
+        previous = tag
         if tag > last or tag == _PIXEL_DATA:
             if tag != _PIXEL_DATA or not pixels or length == _UNDEFINED:
                 return None

@@ -391,7 +391,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
         """nnU-Net's checkpoint, written atomically with the fold's clock beside it (rank 0 only, as nnU-Net)."""
         tmp = filename + ".tmp"
         super().save_checkpoint(tmp)
-        if os.path.isfile(tmp):
+        if distributed.rank() == 0 and os.path.isfile(tmp):  # another rank must not move rank 0's half-written file
             os.replace(tmp, filename)
         if os.path.basename(filename) != "checkpoint_best.pth":
             self._last_save = time.monotonic()
