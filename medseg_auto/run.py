@@ -152,8 +152,8 @@ class _Run:
         device = select_device(self.opts.device)
         print(f"[device] {describe_device(device)}", file=sys.stderr)
         if device.type == "cpu" and self.opts.gpus is not None:
-            raise InputError(f"--gpus: no CUDA GPU is visible to torch here (training on the CPU); leave out --gpus, "
-                             f"or use --workers N to train folds at once on the CPU's cores")
+            raise InputError("--gpus: no CUDA GPU is visible to torch here (training on the CPU); leave out --gpus, "
+                             "or use --workers N to train folds at once on the CPU's cores")
         if device.type == "cuda" and self.opts.workers > 1:
             raise InputError("--workers is for CPU training and this run trains on CUDA: use --gpus (one fold "
                              "per GPU) or --device cpu")
