@@ -122,3 +122,36 @@ def test_regions_that_cannot_be_painted_are_refused():
 
     with pytest.raises(InputError, match="largest to the smallest"):
         plan_labels({"a": {0, 1, 2}}, LabelRequest(regions=parse_regions("ET=2;WT=1,2")))
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_written_volumes_keep_the_grid_nnunet_reads(tmp_path, ending):
+    """``write_volume`` (nibabel, for speed) writes what SimpleITK, nnU-Net's reader, reads back: the pixels,
+    spacing, origin and an oblique direction of a real hippocampus case; a sheared direction, which a NIfTI
+    qform cannot hold, still goes through SimpleITK and reads back as SimpleITK's own file does."""
+    from medseg_auto.ingest.formats import ImageData, write_volume
+
+    src = copy_hippocampus(tmp_path / "src", n=1)
+    case = sitk.ReadImage(str(next((src / "images").iterdir())))
+    array = sitk.GetArrayFromImage(case)
+    angle = np.deg2rad(25)
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    sheared = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    for name, axes in (("oblique", rotation), ("sheared", sheared)):
+        image = ImageData((0.9, 1.1, 2.5), (-12.5, 30.25, 7.0), tuple(axes.ravel()), 1, array=array)
+        out = tmp_path / f"{name}{ending}"
+        write_volume(image, out)
+        reference = sitk.GetImageFromArray(array)
+        reference.SetSpacing(image.spacing)
+        reference.SetOrigin(image.origin)
+        reference.SetDirection(image.direction)
+        sitk.WriteImage(reference, str(tmp_path / f"itk{ending}"))
+        expected = sitk.ReadImage(str(tmp_path / f"itk{ending}"))
+        back = sitk.ReadImage(str(out))
+        assert np.array_equal(sitk.GetArrayFromImage(back), array), name
+        assert back.GetPixelID() == case.GetPixelID(), name
+        assert np.allclose(back.GetSpacing(), image.spacing, atol=1e-5), name
+        assert np.allclose(back.GetOrigin(), image.origin, atol=1e-4), name
+        assert np.allclose(back.GetDirection(), expected.GetDirection(), atol=1e-5), name
+        if name == "oblique":
+            assert np.allclose(back.GetDirection(), image.direction, atol=1e-5)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, image_ending,
-                                        is_planar, read_image, spatial_part)
+from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, ImageData,
+                                        image_ending, is_planar, read_image, spatial_part, write_volume)
 from medseg_auto.ingest.labels import LabelPlan
 from medseg_auto.ingest.layout import SourceCase
 from medseg_auto.ingest.scan import FileInfo
@@ -144,11 +144,7 @@ def _write_image(src: Path, out: Path, series: str | None = None) -> None:
             image = image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image
             image.save(out)
     elif src.is_dir():  # a DICOM series, written once as one volume
-        import SimpleITK as sitk
-
-        from medseg_auto.ingest.dicom import series_image
-
-        sitk.WriteImage(series_image(src, series), str(out), useCompression=True)
+        write_volume(read_image(src, series), out)
     else:
         import SimpleITK as sitk
 
@@ -157,16 +153,11 @@ def _write_image(src: Path, out: Path, series: str | None = None) -> None:
 
 def _write_volumes(src: Path, outs: list[tuple[int, Path]]) -> None:
     """Volumes of a 4D file, each written as a 3D image on the same grid (the file read once)."""
-    import SimpleITK as sitk
-
     image = read_image(src)
     grid = spatial_part(image)
     for index, out in outs:
-        volume = sitk.GetImageFromArray(image.array[index])
-        volume.SetSpacing(grid.spacing)
-        volume.SetOrigin(grid.origin)
-        volume.SetDirection(grid.direction)
-        sitk.WriteImage(volume, str(out), useCompression=True)
+        write_volume(ImageData(grid.spacing, grid.origin, grid.direction, image.components,
+                               array=image.array[index]), out)
 
 
 def _write_split_rgb(src: Path, outs: list[Path]) -> None:
@@ -196,14 +187,8 @@ def _write_label(src: Path, out: Path, mapping: dict[int, int], info: FileInfo) 
         with Image.open(src) as image:
             Image.fromarray(remap(np.asarray(image))).save(out)
     elif image_ending(src) in DICOM_ENDINGS:  # a DICOM-SEG, placed on its series' grid
-        import SimpleITK as sitk
-
         seg = read_image(src)
-        result = sitk.GetImageFromArray(remap(seg.array))
-        result.SetSpacing(seg.spacing)
-        result.SetOrigin(seg.origin)
-        result.SetDirection(seg.direction)
-        sitk.WriteImage(result, str(out), useCompression=True)
+        write_volume(ImageData(seg.spacing, seg.origin, seg.direction, 1, array=remap(seg.array)), out)
     else:
         import SimpleITK as sitk
 

@@ -188,6 +188,43 @@ def _read_nifti(path: Path) -> ImageData | None:
     )
 
 
+def write_volume(image: ImageData, out: Path) -> None:
+    """Write a scalar 3D image as ``out`` (``.nii.gz`` or another volume format nnU-Net reads).
+
+    NIfTI goes through nibabel at zlib level 1 (a hippocampus case: about 3 ms against SimpleITK's 7-11 ms,
+    which is most of a DICOM dataset's conversion), qform and sform both set to the grid, as ITK writes them;
+    a direction that is not a rotation (which a qform cannot hold), vector pixels and the other formats go
+    through SimpleITK.
+    """
+    import SimpleITK as sitk
+
+    axes = np.asarray(image.direction, dtype=float).reshape(3, 3) if len(image.direction) == 9 else None
+    if (image_ending(out) in (".nii.gz", ".nii") and image.components == 1 and image.array.ndim == 3
+            and axes is not None and np.allclose(axes @ axes.T, np.eye(3), atol=1e-6)):
+        import nibabel
+
+        affine = np.eye(4)
+        affine[:3, :3] = axes * np.asarray(image.spacing, dtype=float)
+        affine[:3, 3] = image.origin
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS, as NIfTI stores it
+        nifti = nibabel.Nifti1Image(np.ascontiguousarray(image.array.T), affine)
+        nifti.set_qform(affine, code=1)
+        nifti.set_sform(affine, code=1)
+        nifti.header.set_xyzt_units("mm")
+        if image_ending(out) == ".nii.gz":
+            import gzip
+
+            out.write_bytes(gzip.compress(nifti.to_bytes(), compresslevel=1))
+        else:
+            nifti.to_filename(out)
+        return
+    volume = sitk.GetImageFromArray(image.array, isVector=image.components > 1)
+    volume.SetSpacing(image.spacing)
+    volume.SetOrigin(image.origin)
+    volume.SetDirection(image.direction)
+    sitk.WriteImage(volume, str(out), useCompression=True)
+
+
 def _read_planar(path: Path) -> ImageData:
     from PIL import Image
 
