@@ -130,3 +130,31 @@ def test_predict_preview_of_a_2d_model(membrane_bundle, tmp_path, capsys):
         with Image.open(preview / name) as picture:
             assert 0.8 < picture.width / picture.height < 1.3  # one panel: the image
         assert _green_pixels(preview / name) == 0  # no reference given, no outline
+
+
+def test_preview_of_a_dicom_series_and_of_a_4d_volume(tmp_path):
+    """A scan given as a DICOM series folder, or as one volume of a 4D (Decathlon) file, gives the picture its
+    NIfTI form gives: read the way training reads it, not refused."""
+    from test_dicom import write_series
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(50.0, 3.0, (16, 20, 24)).astype(np.float32)
+    seg = np.zeros(image.shape, np.uint8)
+    seg[9:13, 3:9, 14:21] = 255
+    image[seg > 0] += 200.0
+    image = np.rint(image).astype(np.int16)
+    bundle = _labels_bundle(tmp_path)
+    nifti, out = tmp_path / "scan.nii.gz", tmp_path / "seg.nii.gz"
+    for array, path in ((image, nifti), (seg, out)):
+        volume = sitk.GetImageFromArray(array)
+        volume.SetSpacing((1.0, 1.25, 2.0))  # exact in NIfTI's float32 and in DICOM's text: the same picture size
+        sitk.WriteImage(volume, str(path))
+    expected = write_preview(tmp_path / "nifti", bundle, "scan", nifti, out).png.read_bytes()
+
+    write_series(sitk.ReadImage(str(nifti)), tmp_path / "series")
+    assert write_preview(tmp_path / "dicom", bundle, "scan", tmp_path / "series", out).png.read_bytes() == expected
+
+    volumes = sitk.JoinSeries([sitk.ReadImage(str(nifti)) * 0, sitk.ReadImage(str(nifti))])
+    sitk.WriteImage(volumes, str(tmp_path / "scan4d.nii.gz"))
+    assert write_preview(tmp_path / "4d", bundle, "scan", tmp_path / "scan4d.nii.gz", out,
+                         volume=1).png.read_bytes() == expected

@@ -176,8 +176,9 @@ class _Run:
 
             try:
                 self.previews.append(write_preview(self.opts.output / PREVIEW_FOLDER, self.bundle, scan.name,
-                                                   scan.files[0], path, self.references.get(scan.name)))
-            except Exception as e:  # a picture must not cost the segmentations (e.g. a 4D or DICOM scan)
+                                                   scan.files[0], path, self.references.get(scan.name),
+                                                   scan.volumes[0] if scan.volumes else None, self.opts.series))
+            except Exception as e:  # a picture must not cost the segmentations
                 print(f"  --preview: no picture for {scan.name} ({type(e).__name__}: {e}); its segmentation "
                       f"is written", file=sys.stderr)
         return path

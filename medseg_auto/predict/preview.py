@@ -28,12 +28,14 @@ class Preview:
 
 
 def write_preview(folder: Path, bundle: Bundle, name: str, image: Path, segmentation: Path,
-                  reference: Path | None = None) -> Preview:
-    """``folder/NAME.png`` for one scan's written segmentation (dataset values, the scan's geometry)."""
+                  reference: Path | None = None, volume: int | None = None, series: str | None = None) -> Preview:
+    """``folder/NAME.png`` for one scan's written segmentation (dataset values, the scan's geometry). ``image``
+    is the scan's first channel: a file, a DICOM series folder (``series`` picks one), or ``volume`` of a 4D
+    file."""
     from medseg_auto.reporting.pictures import OverlayCase, segmentation as draw
     from medseg_auto.reporting.views import Volume, read_volume
 
-    scan = read_volume(image)
+    scan = read_volume(image, volume=volume, series=series)
     predicted = read_volume(segmentation, label=True)
     predicted = Volume(bundle.to_nnunet(predicted.array)[0], predicted.spacing)
     ref = None

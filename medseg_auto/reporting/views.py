@@ -41,11 +41,24 @@ class Plane:
     aspect: float
 
 
-def read_volume(path: Path, label: bool = False) -> Volume:
-    """A file in display orientation; colour images become grey (label maps keep their first component)."""
+def read_volume(path: Path, label: bool = False, volume: int | None = None, series: str | None = None) -> Volume:
+    """A file in display orientation; colour images become grey (label maps keep their first component).
+    DICOM (a series folder, a DICOM-SEG) and one ``volume`` of a 4D file are read as training reads them
+    (``series`` picks a folder's series)."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    from medseg_auto.ingest.formats import DICOM_ENDINGS, image_ending
+
+    if path.is_dir() or image_ending(path) in DICOM_ENDINGS or volume is not None:
+        from medseg_auto.ingest.formats import read_image, read_volume as read_one_volume
+
+        data = read_one_volume(path, volume) if volume is not None else read_image(path, series)
+        image = sitk.GetImageFromArray(data.array, isVector=data.components > 1)
+        image.SetSpacing(data.spacing)
+        image.SetOrigin(data.origin)
+        image.SetDirection(data.direction)
+    else:
+        image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = (sitk.VectorIndexSelectionCast(image, 0) if label else
                  sitk.Cast(sitk.VectorMagnitude(image), sitk.sitkFloat32))
