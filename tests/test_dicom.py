@@ -16,6 +16,7 @@ sitk = pytest.importorskip("SimpleITK")
 
 from conftest import copy_brats_crops, real_data  # noqa: E402
 from medseg_auto.ingest import dicom  # noqa: E402
+from medseg_auto.ingest.dicom import fast_reader, pixels as dicom_pixels, series as dicom_series  # noqa: E402
 from medseg_auto.ingest.formats import read_header, read_image  # noqa: E402
 
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -179,7 +180,7 @@ def test_twelve_bit_and_compressed_series_read_through_a_decoder(tmp_path):
     write_series(image, tmp_path / "rle", syntax=RLELossless)
     assert pydicom.dcmread(next((tmp_path / "rle").iterdir())).file_meta.TransferSyntaxUID == RLELossless
     assert_same(read_image(tmp_path / "rle"), image)
-    itk_array, components = dicom._itk_pixels(dicom.read_series_geometry(tmp_path / "rle"))  # GDCM's fallback
+    itk_array, components = dicom_pixels._itk_pixels(dicom.read_series_geometry(tmp_path / "rle"))  # GDCM's fallback
     np.testing.assert_array_equal(itk_array, sitk.GetArrayFromImage(image))
     assert components == 1
 
@@ -339,7 +340,7 @@ UN_ITEMS = (_implicit(0xFFFE, 0xE000, b"", 0xFFFFFFFF) + _implicit(0x0008, 0x010
 
 def pydicom_only(monkeypatch) -> None:
     """Every file read by pydicom, as before the fast reader: the reference."""
-    monkeypatch.setattr(dicom, "_fast_read", lambda path, pixels: None)
+    monkeypatch.setattr(dicom_series, "_fast_read", lambda path, pixels: None)
     dicom.clear_caches()
 
 
@@ -354,12 +355,13 @@ def test_fast_reader_reads_as_pydicom_does(tmp_path, monkeypatch, variant):
                       "long_header": dict(padding=40000),
                       "big_endian": dict(big_endian=True)}[variant])
     first = sorted(folder.iterdir())[0]
-    raw = dicom._fast_read(first, pixels=True)
+    raw = fast_reader._fast_read(first, pixels=True)
     if variant == "big_endian":
         assert raw is None  # pydicom's path
     else:
-        assert dicom._fast_slice(first, raw) is not None and dicom._fast_pixels(raw) is not None
-        assert dicom._fast_slice(first, dicom._fast_read(first, pixels=False)) == dicom._fast_slice(first, raw)
+        assert fast_reader._fast_slice(first, raw) is not None and fast_reader._fast_pixels(raw) is not None
+        assert (fast_reader._fast_slice(first, fast_reader._fast_read(first, pixels=False))
+                == fast_reader._fast_slice(first, raw))
     dicom.clear_caches()
     fast = dicom.read_series(folder), dicom.read_series_geometry(folder)
     assert_same(fast[0], image)
@@ -386,7 +388,7 @@ def test_truncated_and_stray_files_are_named(tmp_path, monkeypatch):
     with pytest.raises(dicom.DicomError, match=rf"{victim.name}: the file is truncated \(it ends inside its header"):
         dicom.read_series_geometry(folder)
     assert dicom.is_series_folder(folder)
-    monkeypatch.setattr(dicom, "_fast_read", lambda path, pixels: None)  # pydicom's path: its own message
+    monkeypatch.setattr(dicom_series, "_fast_read", lambda path, pixels: None)  # pydicom's path: its own message
     with pytest.raises(dicom.DicomError, match=rf"{victim.name} in the series folder series/ is MR Image Storage"):
         dicom.read_series_geometry(folder)
     monkeypatch.undo()
