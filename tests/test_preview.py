@@ -118,18 +118,21 @@ def test_predict_writes_a_preview_per_scan(hippo_bundle, tmp_path, capsys):
 
 
 def test_predict_preview_of_a_2d_model(membrane_bundle, tmp_path, capsys):
-    """2D: the image itself, one picture per scan."""
+    """2D: the image itself, one picture per scan; the reference outlined, and HD95 in pixels (a PNG has no
+    spacing)."""
     src = copy_membrane(tmp_path / "data", 8, crop=160)
     names = sorted(p.name for p in (src / "images").iterdir())[-2:]
     code = predict_main(["-m", str(membrane_bundle), "-i", str(src / "images"), "-o", str(tmp_path / "out"),
-                         "--quiet", "--fast", "--preview"])
-    assert code == 0, capsys.readouterr().err[-3000:]
+                         "--quiet", "--fast", "--preview", "--labels-dir", str(src / "labels")])
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    assert re.search(r"cells +Dice [0-9.]+ +HD95 [0-9.na]+ pixels", err), err[-2000:]
     preview = tmp_path / "out" / "preview"
     assert len(list(preview.glob("*.png"))) == 8 and (preview / "index.html").is_file()
     for name in names:
         with Image.open(preview / name) as picture:
             assert 0.8 < picture.width / picture.height < 1.3  # one panel: the image
-        assert _green_pixels(preview / name) == 0  # no reference given, no outline
+        assert _green_pixels(preview / name) > 20  # the reference outlined
 
 
 def test_preview_of_a_dicom_series_and_of_a_4d_volume(tmp_path):

@@ -122,6 +122,21 @@ def test_page_shows_the_cards_numbers(tmp_path, monkeypatch):
     assert "case_bad" in page and "min 35 x 48 x 30, median" in page  # skipped case; sizes (x, y, z) from nnU-Net
 
 
+def test_hd95_of_2d_pictures_is_in_pixels(tmp_path, monkeypatch):
+    """Pictures (PNG, TIFF) have no spacing: nnU-Net scores their HD95 in pixels, and the page says so."""
+    units = []
+    real = figures.scores
+    monkeypatch.setattr(figures, "scores", lambda *a: units.append(a[1]) or real(*a))
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "dataset_fingerprint.json").write_text(json.dumps(  # nnU-Net's fingerprint of 2D pictures
+        {"shapes_after_crop": [[1, 512, 512], [1, 500, 480]], "spacings": [[999.0, 1.0, 1.0], [999.0, 1.0, 1.0]]}))
+    page = html.unescape(write_report(bundle, _card()).read_text())
+    assert "Dice and HD95 (pixels, 95th-percentile" in page and units == ["Dice", "HD95 (pixels)"]
+    page = html.unescape(write_report(_bundle(tmp_path / "volumes"), _card()).read_text())
+    assert "Dice and HD95 (mm, 95th-percentile" in page
+
+
 def test_charts_keep_matplotlibs_default_style_whatever_the_process_set():
     """nnU-Net's progress plot sets seaborn's font scale 2.5 for the whole training process before export."""
     import matplotlib

@@ -18,7 +18,7 @@ import numpy as np
 
 from medseg_auto.budget import fmt_duration
 from medseg_auto.errors import InputError
-from medseg_auto.ingest.formats import read_image
+from medseg_auto.ingest.formats import PLANAR_ENDINGS, read_image
 from medseg_auto.ingest.problems import Problem, format_table
 from medseg_auto.metrics import evaluate, nanmean
 from medseg_auto.predict.bundle import Bundle, open_bundle
@@ -103,7 +103,7 @@ def predict(opts: PredictOptions) -> PredictSummary:
         write_csv(opts.output / METRICS_CSV, rows)
         means = {c: {"dice": rows[-1][f"{c}_dice"], "hd95": rows[-1][f"{c}_hd95"]} for c in classes}
     summary = PredictSummary(written, load_seconds, predict_seconds, run.failed, means)
-    _print_summary(summary, opts, len(run.metrics))
+    _print_summary(summary, opts, len(run.metrics), "pixels" if bundle.manifest.file_ending in PLANAR_ENDINGS else "mm")
     if run.failed:
         raise ScansFailed(f"{format_table(run.failed)}\n\n{len(run.failed)} scan(s) could not be segmented; the "
                           f"other {len(written)} were written to {opts.output}.")
@@ -235,7 +235,8 @@ def _print_plan(bundle: Bundle, found, references: dict, opts: PredictOptions) -
     print(f"Output     {opts.output}", file=sys.stderr)
 
 
-def _print_summary(summary: PredictSummary, opts: PredictOptions, scored: int) -> None:
+def _print_summary(summary: PredictSummary, opts: PredictOptions, scored: int, unit: str) -> None:
+    """The closing lines; ``unit`` of HD95: mm, or pixels for a model of 2D pictures (no spacing)."""
     n = len(summary.outputs)
     print(f"\n{n} segmentation(s) written to {opts.output} in {fmt_duration(summary.predict_seconds)} "
           f"({summary.seconds_per_scan:.2f} s per scan; model loading {summary.load_seconds:.1f} s). "
@@ -243,4 +244,4 @@ def _print_summary(summary: PredictSummary, opts: PredictOptions, scored: int) -
     if summary.metrics:
         print(f"Against the reference labels ({scored} scan(s), {opts.output / METRICS_CSV}):", file=sys.stderr)
         for name, m in summary.metrics.items():
-            print(f"  {name:<20} Dice {m['dice']:.4f}   HD95 {m['hd95']:.2f} mm", file=sys.stderr)
+            print(f"  {name:<20} Dice {m['dice']:.4f}   HD95 {m['hd95']:.2f} {unit}", file=sys.stderr)

@@ -51,7 +51,7 @@ def context(bundle: Path, card: dict) -> dict:
         "plan": _plan(card),
         "budget": _budget(card),
         "curves": [_curves(fold, entry, bundle) for fold, entry in folds.items()],
-        "scores": _scores(card),
+        "scores": _scores(card, "pixels" if _pictures(bundle) else "mm"),
         "overlays": [_overlays(fold, entry, bundle) for fold, entry in folds.items()],
     }
 
@@ -98,7 +98,7 @@ def _images(bundle: Path) -> list[tuple[str, str]]:
     fingerprint = json.loads(path.read_text())
     shapes = np.asarray(fingerprint["shapes_after_crop"], dtype=float)
     spacings = np.asarray(fingerprint["spacings"], dtype=float)
-    planar = shapes.shape[1] == 3 and np.all(shapes[:, 0] == 1) and np.all(spacings[:, 0] >= 999)
+    planar = _planar(shapes, spacings)
     if planar:  # nnU-Net's 2D images: a dummy first axis
         shapes, spacings = shapes[:, 1:], spacings[:, 1:]
     axes = "x, y" if shapes.shape[1] == 2 else "x, y, z"
@@ -185,8 +185,25 @@ def _curves(fold: str, entry: dict, bundle: Path) -> dict:
     return {"fold": fold, "image": None, "note": "No learning curves recorded for this fold."}
 
 
-def _scores(card: dict) -> dict:
-    """Dice and HD95 per class and fold with their means: the table and the charts show the same numbers."""
+def _planar(shapes: np.ndarray, spacings: np.ndarray) -> bool:
+    """nnU-Net's fingerprint of 2D pictures: a dummy first axis of size 1 and spacing 999."""
+    return shapes.shape[1] == 3 and bool(np.all(shapes[:, 0] == 1)) and bool(np.all(spacings[:, 0] >= 999))
+
+
+def _pictures(bundle: Path) -> bool:
+    """The model was trained on 2D pictures (PNG, TIFF...), which have no physical spacing: distances are in
+    pixels, not mm."""
+    path = bundle / "dataset_fingerprint.json"
+    if not path.is_file():
+        return False
+    fingerprint = json.loads(path.read_text())
+    return _planar(np.asarray(fingerprint["shapes_after_crop"], dtype=float),
+                   np.asarray(fingerprint["spacings"], dtype=float))
+
+
+def _scores(card: dict, unit: str = "mm") -> dict:
+    """Dice and HD95 per class and fold with their means: the table and the charts show the same numbers.
+    ``unit``: of HD95, ``mm``, or ``pixels`` for pictures without a spacing."""
     folds = card.get("folds", {})
     names = list(dict.fromkeys([k for f in folds.values() for k in f.get("dice", {})]))
     dice = {f: {n: e.get("dice", {}).get(n) for n in names} for f, e in folds.items()}
@@ -195,15 +212,15 @@ def _scores(card: dict) -> dict:
     mean_dice_row = {n: card.get("cross_validation_dice", {}).get(n) for n in names}
     mean_hd95 = {n: (card.get("cross_validation_hd95") or {}).get(n) for n in names} if hd95 else None
     if not names:
-        return {"names": [], "rows": [], "note": "No fold was validated (validation skipped, or -f full, which "
+        return {"names": [], "rows": [], "unit": unit, "note": "No fold was validated (validation skipped, or -f full, which "
                                                 "has no held-out cases): there are no cross-validation scores."}
     rows = [(f"fold {f}", [_fmt(dice[f][n], 3) for n in names], [_fmt(hd95[f][n], 2) for n in names] if hd95 else [])
             for f in folds]
     rows.append(("mean", [_fmt(mean_dice_row[n], 3) for n in names],
                  [_fmt(mean_hd95[n], 2) for n in names] if hd95 else []))
-    return {"names": names, "rows": rows, "has_hd95": hd95 is not None,
+    return {"names": names, "rows": rows, "has_hd95": hd95 is not None, "unit": unit,
             "dice_image": data_uri(figures.scores(dice, "Dice", mean_dice_row)),
-            "hd95_image": data_uri(figures.scores(hd95, "HD95 (mm)", mean_hd95)) if hd95 else None,
+            "hd95_image": data_uri(figures.scores(hd95, f"HD95 ({unit})", mean_hd95)) if hd95 else None,
             "note": "" if hd95 else "HD95 is not in this model card (a bundle from before it was recorded)."}
 
 
