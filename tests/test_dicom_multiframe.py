@@ -355,3 +355,52 @@ def test_prediction_reads_multiframe_series_as_the_single_frame_ones(tmp_path):
         a, b = read_scan(ours, bundle), read_scan(ref, bundle)
         np.testing.assert_array_equal(a.data, b.data)
         assert a.spacing == pytest.approx(b.spacing, abs=1e-6)
+
+
+def test_dicom_seg_of_a_multiframe_series_reads_back_on_its_grid(tmp_path):
+    """``--output-format dicom-seg`` on a multi-frame scan whose frames are shuffled in the file: the SEG
+    references the one source file, its frames follow the file's, and it reads back (ours and highdicom's
+    reading alike) as the label map it was written from."""
+    from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+    case = uint8_cases(1)[0]
+    write_series(hippocampus_image(case), tmp_path / "series", seed=5)
+    source = multiframe(datasets(tmp_path / "series"), tmp_path / "mf" / "image.dcm", shuffle=7)
+    label = sitk.GetArrayFromImage(hippocampus_image(case, label=True)).astype(np.uint8)
+    out = write_dicom_seg(label, tmp_path / "seg.dcm", tmp_path / "mf", [("anterior", (1,)), ("posterior", (2,))])
+    back = read_image(out)
+    np.testing.assert_array_equal(back.array, label)
+    assert_same_volume(read_image(tmp_path / "mf"), read_image(tmp_path / "series"))
+    seg = hd.seg.segread(out)
+    assert [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence] == \
+        [pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID]
+
+
+def test_a_multiframe_file_given_alone_is_segmented_into_nifti_or_dicom_seg(tmp_path):
+    """``exe_predict.py -i image.dcm`` (a multi-frame file, no folder): its segmentation is NIfTI in the
+    file's geometry, or with ``--output-format dicom-seg`` a DICOM-SEG of it, never a '.dcm' written by ITK."""
+    from medseg_auto.predict.outputs import output_file, prepare_output, write_segmentation
+    from medseg_auto.predict.scans import find_scans
+    from test_manifest import bundle_in_memory
+
+    labels = {"original_to_nnunet": {"0": 0, "1": 1, "2": 2}, "nnunet_to_original": {"0": 0, "1": 1, "2": 2},
+              "names": {"1": "anterior", "2": "posterior"}, "regions": None, "regions_class_order": None}
+    bundle = bundle_in_memory(["MRI"], ["MRI"], labels, folds=("all",))
+    case = uint8_cases(1)[0]
+    write_series(rotated(hippocampus_image(case), (0, 15, 0)), tmp_path / "series", seed=2)
+    source = multiframe(datasets(tmp_path / "series"), tmp_path / "mf" / "image.dcm", shuffle=3)
+    (scan,) = find_scans(source, bundle).scans
+    label = sitk.GetArrayFromImage(hippocampus_image(case, label=True)).astype(np.uint8)
+    (nifti,) = prepare_output(tmp_path / "out", [scan], source, overwrite=False)
+    assert nifti == (tmp_path / "out" / "image.nii.gz").resolve()
+    written = sitk.ReadImage(str(write_segmentation(label, nifti, scan)))
+    grid = read_image(source)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), label)
+    np.testing.assert_allclose(written.GetOrigin(), grid.origin, atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), grid.direction, atol=1e-5)
+    segments = [("anterior", (1,)), ("posterior", (2,))]
+    seg = output_file(tmp_path / "seg", scan, segments)
+    assert seg.name == "image.dcm"
+    write_segmentation(label, seg, scan, segments)
+    read_image(tmp_path / "mf")  # a SEG is read on its series' grid: the folder of the source, once seen
+    np.testing.assert_array_equal(read_image(seg).array, label)

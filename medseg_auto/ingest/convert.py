@@ -143,7 +143,7 @@ def _write_image(src: Path, out: Path, series: str | None = None) -> None:
         with Image.open(src) as image:
             image = image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image
             image.save(out)
-    elif src.is_dir():  # a DICOM series, written once as one volume
+    elif src.is_dir() or image_ending(src) in DICOM_ENDINGS:  # a DICOM series or multi-frame file, as one volume
         write_volume(read_image(src, series), out)
     else:
         import SimpleITK as sitk

@@ -30,8 +30,15 @@ def write_dicom_seg(segmentation: np.ndarray, path: Path, series_folder: Path,
     series = read_series_geometry(series_folder, series=series_choice)
     if segmentation.shape != series.shape:
         raise ValueError(f"segmentation of shape {segmentation.shape} for a series of shape {series.shape}")
-    sources = [pydicom.dcmread(s.path) for s in series.slices]
     masks = np.stack([np.isin(segmentation, values) for _, values in segments], axis=-1)
+    if series.multiframe:  # one source file: the masks in its frames' order, which need not be by position
+        sources = [pydicom.dcmread(series.slices[0].path)]
+        in_file_order = np.empty_like(masks)
+        for k, s in enumerate(series.slices):
+            in_file_order[s.frame] = masks[k]
+        masks = in_file_order
+    else:
+        sources = [pydicom.dcmread(s.path) for s in series.slices]
     algorithm = hd.AlgorithmIdentificationSequence(name="medseg_auto", version=__version__,
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = [

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg_auto.errors import InputError
-from medseg_auto.ingest.formats import ImageHeader, image_ending, is_planar
+from medseg_auto.ingest.formats import DICOM_ENDINGS, ImageHeader, image_ending, is_planar
 from medseg_auto.predict.bundle import LabelClass
 from medseg_auto.predict.scans import Scan
 
@@ -31,10 +31,16 @@ Segments = list[tuple[str, tuple[int, ...]]]
 def output_file(folder: Path, scan: Scan, segments: Segments | None = None) -> Path:
     """``OUT/<scan><ending>``: the scan's own file type, PNG for lossy 2D types; for a DICOM series NIfTI,
     or a DICOM-SEG (``.dcm``) with ``segments`` (``--output-format dicom-seg``)."""
-    if scan.files[0].is_dir():
+    if is_dicom(scan):
         return folder / f"{scan.name}{'.dcm' if segments is not None else '.nii.gz'}"
     ending = scan.ending
     return folder / f"{scan.name}{'.png' if ending in _LOSSY else ending}"
+
+
+def is_dicom(scan: Scan) -> bool:
+    """A DICOM series folder, or a DICOM image file (a multi-frame image): its segmentation is NIfTI in its
+    geometry, or a DICOM-SEG referencing it."""
+    return scan.files[0].is_dir() or image_ending(scan.files[0]) in DICOM_ENDINGS
 
 
 def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: bool,
@@ -42,8 +48,8 @@ def prepare_output(folder: Path, scans: list[Scan], inputs: Path, overwrite: boo
     """The output files, after refusing (exit 2, nothing written) an output folder that holds results
     (unless ``overwrite``), that is the input folder or inside it, or a name that is an input file; with
     ``segments`` (DICOM-SEG outputs), any scan that is not a DICOM series."""
-    if segments is not None and not all(s.files[0].is_dir() for s in scans):
-        other = next(s for s in scans if not s.files[0].is_dir())
+    if segments is not None and not all(is_dicom(s) for s in scans):
+        other = next(s for s in scans if not is_dicom(s))
         raise InputError(f"--output-format dicom-seg: {other.name} ({other.files[0].name}) is not a DICOM series; a "
                          f"DICOM-SEG references the series it segments. Leave out --output-format for other scans.")
     folder = folder.resolve()
@@ -73,7 +79,7 @@ def write_segmentation(segmentation: np.ndarray, path: Path, scan: Scan, segment
     the path written (PNG where the scan's 2D type cannot hold labels). A ``.dcm`` path is a DICOM-SEG
     holding ``segments``, referencing the series of the scan's folder (``series`` picks it where several)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if scan.files[0].is_dir():  # a DICOM series: NIfTI in its geometry, or a DICOM-SEG referencing it
+    if is_dicom(scan):  # a DICOM series or multi-frame file: NIfTI in its geometry, or a DICOM-SEG referencing it
         if image_ending(path) == ".dcm":
             from medseg_auto.predict.dicom_seg import write_dicom_seg
 
