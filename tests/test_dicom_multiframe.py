@@ -331,6 +331,42 @@ def test_paired_multiframe_dataset_checks_and_converts_voxel_exact(project, trai
                                       sitk.GetArrayFromImage(hippocampus_image(case, label=True)))
 
 
+def test_one_multiframe_file_per_case_is_a_folder_of_volumes(project, train_cli):
+    """``images/CASE.dcm`` (one Enhanced file per case, as NIfTI files would lie) beside ``labels/``: each file
+    is a case, not a slice of one series; a case folder's ``T1.dcm`` and ``FLAIR.dcm`` are its channels. One
+    file alone in a folder stays a series folder (the layouts above)."""
+    import json
+
+    from conftest import read_record
+
+    cases = uint8_cases(4)
+    root = project / "input_train" / "files"
+    (root / "labels").mkdir(parents=True)
+    for i, case in enumerate(cases):
+        write_series(hippocampus_image(case), project / "slices" / case, seed=i)
+        multiframe(datasets(project / "slices" / case), root / "images" / f"{case}.dcm", shuffle=i)
+        sitk.WriteImage(hippocampus_image(case, label=True), str(root / "labels" / f"{case}.nii.gz"))
+    assert not dicom.is_series_folder(root / "images")
+    code, out, err = train_cli("-d", "files", "-l", "anterior,posterior", "--check", "-f", "full")
+    assert code == 0, err
+    assert f"Cases      {len(cases)} usable" in out
+    listing = json.loads((Path(read_record(project, "files")["raw_dataset"]) / "dataset.json").read_text())["dataset"]
+    assert sorted(listing) == sorted(cases)
+    for case, files in listing.items():
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(files["images"][0])),
+                                      sitk.GetArrayFromImage(hippocampus_image(case)))
+
+    channels = project / "input_train" / "channels"
+    for i, case in enumerate(cases):
+        for name in ("T1", "FLAIR"):
+            multiframe(datasets(project / "slices" / case), channels / case / f"{name}.dcm", shuffle=i)
+        sitk.WriteImage(hippocampus_image(case, label=True), str(channels / case / "seg.nii.gz"))
+    code, out, err = train_cli("-d", "channels", "-l", "anterior,posterior", "-i", "T1,FLAIR", "--check", "-f", "full")
+    assert code == 0, err
+    assert json.loads((Path(read_record(project, "channels")["raw_dataset"]) / "dataset.json").read_text())[
+        "channel_names"] == {"0": "T1", "1": "FLAIR"}
+
+
 def test_prediction_reads_multiframe_series_as_the_single_frame_ones(tmp_path):
     """Prediction finds and reads scans through the same readers: a folder of multi-frame series folders
     gives the scans, and the pixels, of the series they were converted from."""

@@ -60,11 +60,14 @@ def _files(folder: Path) -> list[Path]:
 
 def is_series_folder(folder: Path) -> bool:
     """A folder whose DICOM files include image slices, or hold no image at all (a DICOMDIR, a report: read
-    as a series, they are reported by name); a folder of DICOM-SEGs holds labels. Reads the first few DICOM
-    headers only; records the series it sees for DICOM-SEG references."""
+    as a series, they are reported by name); a folder of DICOM-SEGs holds labels. A folder of several
+    multi-frame ``.dcm`` files and no slices holds volumes, one per file (``images/CASE.dcm``, a case's
+    ``T1.dcm`` and ``T2.dcm``), as a folder of NIfTI files does; one such file alone is a series folder.
+    Reads the first few DICOM headers only (every one of a folder of multi-frame files); records the series
+    it sees for DICOM-SEG references."""
     if not folder.is_dir():
         return False
-    seen = 0
+    seen, volumes = 0, {}
     with os.scandir(folder) as entries:  # the entries' types come with the listing: no stat of every file
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
     for name in names:
@@ -84,19 +87,32 @@ def is_series_folder(folder: Path) -> bool:
                 ds = _read_header(f)
             except Exception:  # an unreadable file is reported when the series is read
                 return True
-            image, sop_class = _is_image(ds) or _is_multiframe_image(ds), str(ds.get("SOPClassUID", ""))
+            multi = _is_multiframe_image(ds)
+            image, sop_class = _is_image(ds) or multi, str(ds.get("SOPClassUID", ""))
             uid = str(ds.get("SeriesInstanceUID", ""))
         else:
-            image = _fast_is_image(raw) or _fast_is_multiframe(raw)
+            multi = _fast_is_multiframe(raw)
+            image = _fast_is_image(raw) or multi
             sop_class = _text(raw.values.get(_SOP_CLASS, b""))
             uid = _text(raw.values.get(_SERIES, b""))
+        if multi and image_ending(f) == ".dcm":  # a volume of its own: slices, or more such files, decide
+            volumes[uid] = f
+            continue
         seen += 1
         if image:
             _remember(uid, folder)
             return True
         if sop_class == SEG_SOP_CLASS or seen >= 4:
-            return False
-    return seen > 0
+            stopped = True
+            break
+    else:
+        stopped = False
+    if len(volumes) == 1:
+        _remember(next(iter(volumes)), folder)
+        return True
+    for uid, f in volumes.items():  # each file holds its series: a DICOM-SEG of it finds it there
+        _remember(uid, f)
+    return not volumes and not stopped and seen > 0
 
 
 def _remember(uid: str, folder: Path) -> None:
