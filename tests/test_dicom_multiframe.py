@@ -392,6 +392,18 @@ def test_prediction_reads_multiframe_series_as_the_single_frame_ones(tmp_path):
         np.testing.assert_array_equal(a.data, b.data)
         assert a.spacing == pytest.approx(b.spacing, abs=1e-6)
 
+    # a folder of multi-frame files (images/CASE.dcm): each file a scan; a DICOM-SEG beside them is none
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for case in cases:
+        (tmp_path / "mf" / case / "image.dcm").rename(flat / f"{case}.dcm")
+    seg_of(sitk.GetArrayFromImage(hippocampus_image(cases[0], label=True)), flat / f"{cases[0]}.dcm",
+           flat / "zz_seg.dcm")
+    found = find_scans(flat, bundle)
+    assert [s.name for s in found.scans] == sorted(cases) and [f.name for f in found.ignored] == ["zz_seg.dcm"]
+    for ours, ref in zip(found.scans, reference.scans):
+        np.testing.assert_array_equal(read_scan(ours, bundle).data, read_scan(ref, bundle).data)
+
 
 def test_dicom_seg_of_a_multiframe_series_reads_back_on_its_grid(tmp_path):
     """``--output-format dicom-seg`` on a multi-frame scan whose frames are shuffled in the file: the SEG

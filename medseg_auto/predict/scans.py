@@ -18,7 +18,8 @@ from pathlib import Path
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import channel_keys, same_channel
 from medseg_auto.ingest.checks import DICOM_FIX, UNREADABLE_FIX, geometry_differences
-from medseg_auto.ingest.dicom import DicomError, describe_dicom_file, is_dicom_file, is_series_folder
+from medseg_auto.ingest.dicom import (DicomError, describe_dicom_file, is_dicom_file, is_multiframe_file,
+                                     is_series_folder)
 from medseg_auto.ingest.formats import DICOM_ENDINGS
 from medseg_auto.ingest.dataset_json import read_dataset_json
 from medseg_auto.ingest.formats import VOLUME_ENDINGS, ImageHeader, image_ending, read_header, spatial_part, stem
@@ -146,9 +147,10 @@ def _find_in_folder(folder: Path, channels: list[ModelChannel], ending: str | No
 
 
 def _not_a_scan(f: Path) -> bool:
-    """Labels, auxiliary masks and single DICOM files (a DICOM-SEG; a series is a folder) are no scans."""
+    """Labels, auxiliary masks and DICOM files other than multi-frame images (a DICOM-SEG, a slice: a series is
+    a folder) are no scans."""
     return (is_label_name(stem(f)) or is_label_word(stem(f)) or is_aux_mask(stem(f))
-            or image_ending(f) in DICOM_ENDINGS)
+            or (image_ending(f) in DICOM_ENDINGS and not is_multiframe_file(f)))
 
 
 def _group_flat(found: FoundScans, files: list[Path], channels: list[ModelChannel]) -> None:

@@ -42,6 +42,17 @@ def _is_multiframe_image(ds) -> bool:
     return str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS and "Rows" in ds and _frames(ds) > 1
 
 
+def is_multiframe_file(path: Path) -> bool:
+    """A DICOM file holding a multi-frame image: a volume by itself (a scan), where a single slice or a
+    DICOM-SEG is not."""
+    if not is_dicom_file(path):
+        return False
+    try:
+        return _is_multiframe_image(_read_header(path))
+    except Exception:  # unreadable: not taken for a scan; reading it would say why
+        return False
+
+
 def describe_dicom_file(path: Path) -> str:
     """What a DICOM file holds, for a message about a file given where a series was expected."""
     try:
