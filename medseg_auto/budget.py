@@ -2,12 +2,12 @@
 
 Phases are measured as they run; what is left after ingest and planning, minus a reserve for the export,
 is split across the folds still to train (each fold's share holds its training and its final validation).
-The time used is saved in the run record, so a resumed run continues with the remaining budget.
+The time used is kept by the run's ``run_record.TimeLedger`` and saved in its record, so a resumed run
+continues with the remaining budget.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EXPORT_RESERVE_SECONDS = 10.0   # copy checkpoints, load the bundle once to verify it, model card, curves
 REPORT_BASE_SECONDS = 3.0       # report.html: imports, timeline, score charts, the page
@@ -20,21 +20,6 @@ MIN_FOLD_SECONDS = 30.0         # below this nothing can be trained: refuse
 def report_reserve_seconds(folds: int) -> float:
     """Seconds kept for writing report.html at export, for a model of ``folds`` folds."""
     return REPORT_BASE_SECONDS + REPORT_FOLD_SECONDS * folds
-
-
-@dataclass
-class RunClock:
-    """Seconds of the budget used so far, earlier sessions of an interrupted run included."""
-
-    budget: float
-    spent_before: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-
-    def elapsed(self) -> float:
-        return self.spent_before + time.monotonic() - self.started
-
-    def remaining(self) -> float:
-        return self.budget - self.elapsed()
 
 
 @dataclass

@@ -89,9 +89,14 @@ class FoldRecord:
     def done(self) -> bool:
         return "" in self.stages
 
+    @property
+    def final(self) -> FoldResult:
+        """The last stage's result: the model exe_predict.py runs."""
+        return self.stages[""]
+
     def result(self) -> dict:
         """The run record's and model card's form: the last stage's result, the earlier stages under ``stages``."""
-        final = self.stages[""].record()
+        final = self.final.record()
         earlier = {name: r.record() for name, r in self.stages.items() if name}
         return dict(final, stages=earlier) if earlier else final
 
@@ -163,11 +168,11 @@ def train_stages(job: FoldJob, stop: StopRequest, done: FoldRecord | None = None
 
 def stage_spent(workspace: Workspace, stage: Stage, fold) -> float:
     """The stage's time saved with its last checkpoint (what a kill -9 cannot take back)."""
+    from medseg_auto.run_record import FoldClock
     from medseg_auto.train import fold_folder
-    from medseg_auto.trainers.time_budget import read_fold_clock
 
-    clock = read_fold_clock(str(fold_folder(workspace, stage.trainer, stage.configuration, fold)))
-    return clock["spent"] if clock else 0.0
+    clock = FoldClock.read(fold_folder(workspace, stage.trainer, stage.configuration, fold))
+    return clock.spent if clock is not None else 0.0
 
 
 def run_job(job_path: Path) -> int:

@@ -211,6 +211,16 @@ class _Invalid(Exception):
     """A value of the wrong kind; the message says what was expected."""
 
 
+class RecordError(InputError):
+    """A field of a JSON record missing or of the wrong kind: ``problem`` names the file and the field, the
+    message adds what to do (``remedy``; other records, run.json for one, read with these readers and give
+    their own)."""
+
+    def __init__(self, problem: str, remedy: str | None = None):
+        super().__init__(f"{problem}; {remedy or _REMEDY}")
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class _Fields:
     """The fields of one JSON object of the manifest, read with their dotted name for messages."""
@@ -223,14 +233,14 @@ class _Fields:
     def of(cls, data: Any, source: str, field: str) -> _Fields:
         if not isinstance(data, Mapping):
             what = f"field '{field}'" if field else "the manifest"
-            raise InputError(f"{source}: {what} should be a JSON object, not {_shown(data)}; {_REMEDY}")
+            raise RecordError(f"{source}: {what} should be a JSON object, not {_shown(data)}")
         return cls(data, source, f"{field}." if field else "")
 
     def get(self, key: str, convert: Callable[[Any], Any], default: Any = _MISSING) -> Any:
         name = self.prefix + key
         if key not in self.data:
             if default is _MISSING:
-                raise InputError(f"{self.source}: field '{name}' missing; {_REMEDY}")
+                raise RecordError(f"{self.source}: field '{name}' missing")
             return default
         value = self.data[key]
         if value is None and default is None:  # an optional field written as null
@@ -238,8 +248,7 @@ class _Fields:
         try:
             return convert(value)
         except _Invalid as e:
-            raise InputError(f"{self.source}: field '{name}' should be {e}, not {_shown(value)}; "
-                             f"{_REMEDY}") from None
+            raise RecordError(f"{self.source}: field '{name}' should be {e}, not {_shown(value)}") from None
 
 
 _REMEDY = ("the bundle was written by an older medseg_auto or edited by hand: re-export it with this version "

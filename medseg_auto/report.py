@@ -6,6 +6,7 @@ import platform
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,11 @@ from medseg_auto.ingest.convert import Conversion
 from medseg_auto.ingest.formats import image_ending, stem
 from medseg_auto.ingest.layout import LABEL_DIRS
 from medseg_auto.trainers.augmentation import DESCRIPTIONS
+
+if TYPE_CHECKING:
+    from medseg_auto.fold import FoldRecord
+    from medseg_auto.run_record import RunRecord
+    from medseg_auto.train import FoldResult
 
 LAYOUTS = {
     "nnunet_raw": "nnU-Net raw (imagesTr/ + labelsTr/)",
@@ -103,30 +109,31 @@ def _dims(values, fmt: str = "{:.0f}") -> str:
     return "x".join(fmt.format(v) for v in values[::-1])
 
 
-def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> dict:
+def model_card(record: RunRecord, plan, folds: list[FoldRecord], trainer: str) -> dict:
     """What the model is, how it was trained and how good it is (JSON; rendered by model_card_readme)."""
-    dice_names = sorted({k for f in folds for k in f["dice"]})
-    cv = {k: round(float(np.mean([f["dice"][k] for f in folds if k in f["dice"]])), 4) for k in dice_names}
-    fold_cards = {str(f["fold"]): _fold_card(f) for f in folds}
+    finals = [f.final for f in folds]
+    dice_names = sorted({k for f in finals for k in f.dice})
+    cv = {k: round(float(np.mean([f.dice[k] for f in finals if k in f.dice])), 4) for k in dice_names}
+    fold_cards = {str(f.final.fold): _fold_card(f) for f in folds}
     return {
-        "name": record["name"],
+        "name": record.name,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "trainer": trainer,
-        "pretrained_from": record["identity"].get("pretrained"),
+        "pretrained_from": record.identity.get("pretrained"),
         "configuration": plan.configuration,
         "patch_size": plan.patch_size,
         "planned_batch_size": plan.batch_size,
-        "network": network_description(plan, record["channels"]["nnunet_names"]),
-        "channels": record["channels"]["nnunet_names"],
-        "labels": record["labels"],
-        "training_cases": len(record["cases"]),
-        "skipped_cases": record.get("skipped_cases", []),
-        "input_layout": record["layout"],
-        "budget_minutes": round(clock.budget / 60, 2),
-        "time_used_seconds": round(clock.elapsed(), 1),
-        "phases_seconds": record.get("phases", {}),
-        "training_settings": record.get("training_settings", {}),
-        "stages": record.get("plan", {}).get("stages") or None,
+        "network": network_description(plan, list(record.channels.nnunet_names)),
+        "channels": list(record.channels.nnunet_names),
+        "labels": record.labels.to_dict(),
+        "training_cases": len(record.cases),
+        "skipped_cases": list(record.skipped_cases),
+        "input_layout": record.layout,
+        "budget_minutes": round(record.time.budget / 60, 2),
+        "time_used_seconds": round(record.time.elapsed(), 1),
+        "phases_seconds": dict(record.time.phases),
+        "training_settings": record.training_settings or {},
+        "stages": [s.to_dict() for s in record.plan.stages] if record.plan and record.plan.stages else None,
         "folds": fold_cards,
         "cross_validation_dice": cv,
         "cross_validation_hd95": _mean_hd95(fold_cards),
@@ -135,19 +142,21 @@ def model_card(record: dict, plan, folds: list[dict], trainer: str, clock) -> di
     }
 
 
-def _fold_card(fold: dict) -> dict:
+def _fold_card(fold: FoldRecord) -> dict:
     """A fold's line, with its learning curves, HD95 and per-case validation scores read from its folder in
     the work folder (still there at export) for the report."""
     from medseg_auto.reporting.validation import fold_details
 
-    card = _stage_card(fold)
-    if fold.get("folder") and Path(fold["folder"]).is_dir():
-        card.update(fold_details(Path(fold["folder"]), validation=bool(fold["dice"])))
-    if fold.get("stages"):  # a multi-stage model's earlier stages (the cascade's ROI model): their curves
-        card["stages"] = {name: _stage_card(stage) for name, stage in fold["stages"].items()}
-        for name, stage in fold["stages"].items():
-            if stage.get("folder") and Path(stage["folder"]).is_dir():
-                card["stages"][name].update(fold_details(Path(stage["folder"]), validation=False))
+    final = fold.final
+    card = _stage_card(final)
+    if final.folder and Path(final.folder).is_dir():
+        card.update(fold_details(Path(final.folder), validation=bool(final.dice)))
+    earlier = {name: stage for name, stage in fold.stages.items() if name}
+    if earlier:  # a multi-stage model's earlier stages (the cascade's ROI model): their curves
+        card["stages"] = {name: _stage_card(stage) for name, stage in earlier.items()}
+        for name, stage in earlier.items():
+            if stage.folder and Path(stage.folder).is_dir():
+                card["stages"][name].update(fold_details(Path(stage.folder), validation=False))
     return card
 
 
@@ -158,12 +167,13 @@ def _mean_hd95(folds: dict) -> dict:
     return {k: round(float(np.mean(v)), 2) if v else None for k, v in values.items()}
 
 
-def _stage_card(result: dict) -> dict:
+def _stage_card(result: FoldResult) -> dict:
     """One trained model's line of a fold: time, iterations, validation, Dice and training precision."""
-    card = {k: result[k] for k in ("seconds", "epochs", "iterations", "batch_size", "validation", "dice")}
-    card["precision"] = result.get("precision", "fp32")  # runs recorded before it was chosen: float32
-    if result.get("compiled"):  # CUDA's torch.compile, and the first steps' time it cost
-        card.update(compiled=True, warmup_seconds=result.get("warmup_seconds", 0.0))
+    card = {"seconds": result.seconds, "epochs": result.epochs, "iterations": result.iterations,
+            "batch_size": result.batch_size, "validation": result.validation, "dice": result.dice,
+            "precision": result.precision}
+    if result.compiled:  # CUDA's torch.compile, and the first steps' time it cost
+        card.update(compiled=True, warmup_seconds=result.warmup_seconds)
     return card
 
 

@@ -1,7 +1,8 @@
 """One training run, start to bundle: ingest -> plan -> train each fold -> export, on one clock.
 
 The run's state lives in ``work/NAME/run.json`` (what was asked, found, planned, trained, and the time
-used), which is what lets a rerun of the same command resume an interrupted run with the time left.
+used; ``run_record.RunRecord``), which is what lets a rerun of the same command resume an interrupted run
+with the time left.
 """
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from medseg_auto import __version__
-from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, FoldShare, RunClock, budget_advice,
+from medseg_auto.budget import (EXPORT_RESERVE_SECONDS, MIN_FOLD_SECONDS, FoldShare, budget_advice,
                                 estimate_plan_seconds, fmt_duration, report_reserve_seconds, split_training)
 from medseg_auto.errors import InputError, Interrupted, MedsegError
+from medseg_auto.fold import FoldRecord
 from medseg_auto.ingest import CheckedDataset, IngestOptions, check_dataset, convert
 from medseg_auto.ingest.problems import format_table
+from medseg_auto.manifest import ChannelsRecord, LabelsRecord, StageRecord
 from medseg_auto.report import dataset_summary, model_card, model_card_readme
+from medseg_auto.run_record import CaseRecord, FoldEntry, PlanRecord, RunRecord, TimeLedger
 from medseg_auto.train import StopRequest
 from medseg_auto.trainers.stages import Stage
 from medseg_auto.workspace import Workspace
@@ -81,7 +85,7 @@ def train(opts: RunOptions) -> Path | None:
 
     check_augmentation(opts.settings.get("augmentation", "nnunet"), opts.trainer)  # API callers skip the CLI's
     check_precision(opts.settings.get("precision", "auto"))
-    clock = RunClock(opts.minutes * 60.0)
+    clock = TimeLedger(opts.minutes * 60.0)
     bundle = opts.output_dir / opts.name
     if not (opts.dry_run or opts.check_only):
         refuse_existing(bundle, opts.overwrite)
@@ -98,7 +102,7 @@ def train(opts: RunOptions) -> Path | None:
 
 
 class _Run:
-    def __init__(self, opts: RunOptions, workspace: Workspace, checked: CheckedDataset, clock: RunClock,
+    def __init__(self, opts: RunOptions, workspace: Workspace, checked: CheckedDataset, clock: TimeLedger,
                  bundle: Path, stop):
         self.opts, self.workspace, self.checked, self.clock, self.bundle = opts, workspace, checked, clock, bundle
         self.stop = stop
@@ -106,26 +110,26 @@ class _Run:
         self.stages: list = []  # the models trained on each fold, in order (one, or the cascade's two)
         self.slots: list = []  # fold processes at once (medseg_auto.parallel); none: folds in turn, here
         self.nnunet_env_ours: set = set()  # nnU-Net's variables we set (not the user): fold processes get shares
-        self.record: dict = {}
+        self.record: RunRecord  # set once the data is converted; its time is ``clock``
 
     # -- the phases --------------------------------------------------------------------------------------
     def execute(self) -> Path | None:
-        previous = self.workspace.read_record()
-        resuming = self._resume_or_start(previous)
+        resumed = self._resume_or_start(self._previous())
         start = time.monotonic()
         conversion = convert(self.checked, self.workspace)
         converting = time.monotonic() - start
-        self.record.update(_ingest_record(self.checked, conversion))
-        self.record.update(name=self.opts.name, identity=self.opts.identity(), version=__version__, state="planning")
-        self.record.setdefault("phases", {})["ingest"] = round(self.checked.seconds + converting, 2)  # check, convert
+        now = dict(_ingest_fields(self.checked, conversion, str(self.workspace.run_record)), name=self.opts.name,
+                   identity=self.opts.identity(), version=__version__, state="planning", time=self.clock)
+        self.record = replace(resumed, **now) if resumed else RunRecord(arguments=self.opts.command, **now)
+        self.clock.phases["ingest"] = round(self.checked.seconds + converting, 2)  # check, convert
         self.save()
         print(dataset_summary(self.opts.name, self.checked, conversion))
         if self.opts.check_only:
-            self.record["state"] = "checked"
+            self.record.state = "checked"
             self.save()
             print("\n--check: the data is ready for training; nothing planned or trained.")
             return None
-        if not resuming:
+        if not resumed:
             self._warn_up_front()
         try:
             return self._plan_train_export()
@@ -133,11 +137,11 @@ class _Run:
             self._interrupted(e)
         except MedsegError as e:
             # refused input (exit 2) leaves nothing to resume: a corrected command starts afresh
-            self.record["state"] = "refused" if isinstance(e, InputError) else "failed"
+            self.record.state = "refused" if isinstance(e, InputError) else "failed"
             self.save()
             raise
         except Exception as e:
-            self.record["state"] = "failed"
+            self.record.state = "failed"
             self.save()
             raise MedsegError(f"Training failed: {type(e).__name__}: {e}\nThe work folder {self.workspace.root} "
                               f"is kept; rerun the same command to resume.") from e
@@ -158,30 +162,29 @@ class _Run:
             raise InputError("--workers is for CPU training and this run trains on CUDA: use --gpus (one fold "
                              "per GPU) or --device cpu")
         self.nnunet_env_ours = configure_nnunet_processes(device.type)  # before nnunetv2 is imported
-        get_trainer(self.opts.trainer).check_options(self.record["channels"]["nnunet_names"],
-                                                     self.opts.trainer_options)
-        self.record["training_settings"] = training_settings(device.type, self.opts.settings)
+        channels = list(self.record.channels.nnunet_names)
+        get_trainer(self.opts.trainer).check_options(channels, self.opts.trainer_options)
+        self.record.training_settings = training_settings(device.type, self.opts.settings)
         if self.opts.pretrained is not None:
             from medseg_auto.pretrained import open_pretrained
 
-            self.pretrained = open_pretrained(self.opts.pretrained, self.record["channels"]["nnunet_names"],
-                                              self.opts.configuration)
+            self.pretrained = open_pretrained(self.opts.pretrained, channels, self.opts.configuration)
         print(f"\n[plan] nnU-Net's fingerprint, planning and preprocessing: about "
               f"{fmt_duration(self._plan_estimate())} (estimate)", file=sys.stderr)
         # the device's default width, or the one the interrupted run started with (its checkpoints' network)
-        width = self.record.setdefault("width", self.opts.width if self.opts.width is not None else
-                                       CPU_WIDTH if device.type == "cpu" else 1.0)
+        if self.record.width is None:
+            self.record.width = (self.opts.width if self.opts.width is not None else
+                                 CPU_WIDTH if device.type == "cpu" else 1.0)
+        width = self.record.width
         plan = plan_and_preprocess(self.workspace, self.opts.configuration, self.checked.is_2d,
                                    processes=os.cpu_count() or 1, pretrained=self.pretrained, width=width)
         trainer = get_trainer(self.opts.trainer)
-        plan.configuration = trainer.adapt_plans(plan.plans, plan.configuration,
-                                                 self.record["channels"]["nnunet_names"], self.opts.trainer_options)
+        plan.configuration = trainer.adapt_plans(plan.plans, plan.configuration, channels, self.opts.trainer_options)
         earlier = trainer.earlier_stages(self.workspace, plan, os.cpu_count() or 1)
         self.stages = earlier + [Stage("", trainer, plan.configuration, 1.0 - sum(s.share for s in earlier))]
-        self.record["plan"] = {"configuration": plan.configuration, "patch_size": plan.patch_size,
-                               "planned_batch_size": plan.batch_size, "seconds": plan.seconds,
-                               "stages": [s.record() for s in earlier]}
-        self.record["phases"]["plan"] = round(sum(plan.seconds.values()) + self.record["phases"].get("plan", 0), 2)
+        self.record.plan = PlanRecord(plan.configuration, tuple(plan.patch_size), plan.batch_size, dict(plan.seconds),
+                                      tuple(StageRecord(**s.record()) for s in earlier))
+        self.clock.phases["plan"] = round(sum(plan.seconds.values()) + self.clock.phases.get("plan", 0), 2)
         self.slots = fold_slots(device, self.opts.workers, self.opts.gpus, self.opts.ddp, len(self._todo()),
                                 rendezvous_arguments(self.opts.nnodes, self.opts.rdzv_endpoint))
         if self.slots:
@@ -190,7 +193,7 @@ class _Run:
             processes = len(self.slots) * self.slots[0].ranks
             workers = nnunet_process_settings(device.type, processes)["nnUNet_n_proc_DA"] \
                 if "nnUNet_n_proc_DA" in self.nnunet_env_ours else os.environ["nnUNet_n_proc_DA"]
-            self.record["training_settings"]["fold_processes"] = {
+            self.record.training_settings["fold_processes"] = {
                 "at_once": len(self.slots), "ranks_per_fold": self.slots[0].ranks,
                 "torch_threads_per_rank": self.slots[0].threads, "augmentation_workers_per_rank": int(workers),
                 "where": [s.label for s in self.slots]}
@@ -200,22 +203,21 @@ class _Run:
         if hint:
             print(hint, file=sys.stderr)
         if self.opts.dry_run:
-            self.record["state"] = "planned"
+            self.record.state = "planned"
             self.save()
             print("\nDry run: nothing trained.")
             return None
-        self.record["state"] = "training"
+        self.record.state = "training"
         self.save()
         results = self._train_folds(plan, shares, device)
         return self._export(plan, results)
 
-    def _train_folds(self, plan, shares: dict, device) -> list:
+    def _train_folds(self, plan, shares: dict, device) -> list[FoldRecord]:
         """Each fold's stages in turn in this process, or in fold processes (``--workers``, ``--gpus``,
         ``--ddp``); returns each fold's result, in the order of ``-f``."""
         from medseg_auto.parallel import FoldLauncher
         from medseg_auto.trainers.time_budget import TrainingInterrupted
 
-        folds = self.record.setdefault("folds", {})
         todo = self._todo()
         if self.slots:
             try:
@@ -226,7 +228,7 @@ class _Run:
             for fold in todo:
                 self._train_fold_here(plan, fold, shares[fold], device)
                 shares = self._split()  # a fold that ended early leaves its time to the next ones
-        return [folds[str(f)]["result"] for f in self.opts.folds]
+        return [self.record.folds[str(f)].result for f in self.opts.folds]
 
     def fold_job(self, plan, fold, seconds: float, device_type: str, threads: int | None = None):
         """The fold as a job (``medseg_auto.fold``): what this process or a fold process trains."""
@@ -237,22 +239,22 @@ class _Run:
                        str(self.pretrained.checkpoint) if self.pretrained else None, self.opts.compile)
 
     def announce_fold(self, fold, seconds: float) -> None:
-        entry = self.record["folds"].setdefault(str(fold), {})
-        entry.update(state="training", planned=seconds)
+        entry = self.record.folds.setdefault(str(fold), FoldEntry())
+        entry.state, entry.planned = "training", seconds
         self.save()
         print(f"\n[train] fold {fold}: {fmt_duration(seconds)} for training and validation "
               f"(run: {fmt_duration(self.clock.elapsed())} used of {fmt_duration(self.clock.budget)})",
               file=sys.stderr)
 
-    def fold_finished(self, record) -> None:
+    def fold_finished(self, record: FoldRecord) -> None:
         """Keep a finished fold's result in the run record (what the export and a resumed run read)."""
-        entry = self.record["folds"][str(record.fold)]
-        entry.update(state="done", result=record.result())
-        self.record["phases"][f"fold_{record.fold}"] = round(sum(r.seconds for r in record.stages.values()), 1)
+        entry = self.record.folds[str(record.fold)]
+        entry.state, entry.result = "done", record
+        self.clock.phases[f"fold_{record.fold}"] = round(sum(r.seconds for r in record.stages.values()), 1)
         self.save()
 
     def _train_fold_here(self, plan, fold, seconds: float, device) -> None:
-        from medseg_auto.fold import FoldRecord, record_path, train_stages
+        from medseg_auto.fold import record_path, train_stages
         from medseg_auto.train import epoch_line
         from medseg_auto.trainers.time_budget import TrainingInterrupted
 
@@ -270,32 +272,28 @@ class _Run:
             raise Interrupted(str(e)) from None
         self.fold_finished(record)
 
-    def _export(self, plan, results: list) -> Path:
+    def _export(self, plan, results: list[FoldRecord]) -> Path:
         from medseg_auto.export import export_bundle
-        from medseg_auto.manifest import BundleManifest, ChannelsRecord, LabelsRecord, StageRecord
+        from medseg_auto.manifest import BundleManifest
         from medseg_auto.trainers import trainer_class as get_trainer
 
         trainer_class = get_trainer(self.opts.trainer)
-        self.record["state"] = "exporting"
-        card = model_card(self.record, plan, results, trainer_class.__name__, self.clock)
+        self.record.state = "exporting"
+        card = model_card(self.record, plan, results, trainer_class.__name__)
         card["cross_validation_method"] = trainer_class.validation_method
-        source = str(self.workspace.run_record)  # where the records come from, named if one is malformed
         manifest = BundleManifest(
             medseg_auto_version=__version__, name=self.opts.name, trainer=trainer_class.__name__,
             inference_trainer=trainer_class.inference_trainer_name, predictor=trainer_class.case_predictor,
             configuration=plan.configuration, folds=tuple(str(f) for f in self.opts.folds),
-            channels=ChannelsRecord.from_dict(self.record["channels"], source),
-            labels=LabelsRecord.from_dict(self.record["labels"], source),
-            file_ending=self.record["file_ending"], is_2d=bool(self.record["is_2d"]),
-            stages=(tuple(StageRecord.from_dict(s, source, f"plan.stages[{i}]")
-                          for i, s in enumerate(self.record["plan"]["stages"])) if len(self.stages) > 1 else None))
-        results_folder = Path(results[0]["folder"]).parent
-        parts = {name: Path(stage["folder"]).parent for name, stage in results[0].get("stages", {}).items()}
+            channels=self.record.channels, labels=self.record.labels, file_ending=self.record.file_ending,
+            is_2d=self.record.is_2d, stages=self.record.plan.stages if len(self.stages) > 1 else None)
+        results_folder = Path(results[0].final.folder).parent
+        parts = {name: Path(stage.folder).parent for name, stage in results[0].stages.items() if name}
         print(f"\n[export] writing and verifying {self.bundle}", file=sys.stderr)
         export_bundle(self.bundle, results_folder, self.opts.folds, trainer_class.inference_trainer_name,
                       manifest, card, model_card_readme(card), self.opts.overwrite, parts)
-        self.record["state"] = "exported"
-        self.record["bundle"] = str(self.bundle)
+        self.record.state = "exported"
+        self.record.bundle = str(self.bundle)
         self.save()
         print(f"\nModel exported to {self.bundle} ({fmt_duration(self.clock.elapsed())} of "
               f"{fmt_duration(self.clock.budget)} used).")
@@ -317,13 +315,26 @@ class _Run:
                 print(f"--consume-input: removed {dataset_dir} (the model was exported and verified).")
 
     # -- resume, budget, records --------------------------------------------------------------------------
-    def _resume_or_start(self, previous: dict | None) -> bool:
-        same_data = bool(previous) and all(previous.get(k) == v for k, v in _data_identity(self.checked).items())
-        resumable = bool(previous) and previous.get("state") in RESUMABLE and not self.opts.restart
-        if resumable and previous.get("identity") != self.opts.identity():
+    def _previous(self) -> RunRecord | None:
+        """The work folder's record; with --restart one that cannot be read is set aside (nothing is kept)."""
+        try:
+            return RunRecord.load(self.workspace.run_record)
+        except InputError:
+            if not self.opts.restart:
+                raise
+            print(f"--restart: {self.workspace.run_record} cannot be read (damaged or edited by hand); starting "
+                  f"afresh.", file=sys.stderr)
+            return None
+
+    def _resume_or_start(self, previous: RunRecord | None) -> RunRecord | None:
+        """The unfinished run to continue (its time counts as spent), or None: start afresh."""
+        cases, labels = _data_identity(self.checked, str(self.workspace.run_record))
+        same_data = previous is not None and previous.cases == cases and previous.labels == labels
+        resumable = previous is not None and previous.state in RESUMABLE and not self.opts.restart
+        if resumable and previous.identity != self.opts.identity():
             raise InputError(
                 f"{self.workspace.root} holds an unfinished run of '{self.opts.name}' started with other options "
-                f"({_describe(previous.get('identity'))}; now {_describe(self.opts.identity())}). Rerun it with "
+                f"({_describe(previous.identity)}; now {_describe(self.opts.identity())}). Rerun it with "
                 f"the same options to continue it, or add --restart to discard it.")
         if resumable and not same_data:
             raise InputError(f"The input of '{self.opts.name}' changed since the unfinished run in "
@@ -331,21 +342,19 @@ class _Run:
         if self.opts.resume and not resumable:
             raise InputError(f"--resume: there is no unfinished run of '{self.opts.name}' in {self.workspace.root}.")
         if resumable:
-            self.record = previous
-            self.clock.spent_before = previous["clock"]["spent"]
+            self.clock.resume(previous.time)
             print(f"Resuming the unfinished run: {fmt_duration(self.clock.spent_before)} of the budget used, "
                   f"{fmt_duration(self.clock.remaining())} left.", file=sys.stderr)
-            return True
-        old = (previous or {}).get("identity") or {}
+            return previous
+        old = previous.identity if previous else {}
         new = self.opts.identity()
         self.workspace.clear_training(keep_preprocessed=same_data and all(
             old.get(k) == new[k] for k in ("configuration", "pretrained")))  # same plans: keep preprocessing
-        self.record = {"arguments": self.opts.command}
-        return False
+        return None
 
     def _todo(self) -> list:
-        folds = self.record.get("folds", {})
-        return [f for f in self.opts.folds if folds.get(str(f), {}).get("state") != "done"]
+        folds = self.record.folds
+        return [f for f in self.opts.folds if str(f) not in folds or folds[str(f)].state != "done"]
 
     def _split(self) -> dict:
         """Shares of the time left for the folds still to train (a resumed fold counts its checkpointed time):
@@ -355,8 +364,9 @@ class _Run:
         if self.slots:
             return parallel_shares(self.time_for_folds(), {f: self.fold_spent(f) for f in self._todo()},
                                    len(self.slots))
-        folds = self.record.get("folds", {})
-        todo = [FoldShare(f, folds.get(str(f), {}).get("planned"), self.fold_spent(f)) for f in self._todo()]
+        folds = self.record.folds
+        todo = [FoldShare(f, folds[str(f)].planned if str(f) in folds else None, self.fold_spent(f))
+                for f in self._todo()]
         return split_training(self.time_for_folds(), todo)
 
     def time_for_folds(self) -> float:
@@ -400,7 +410,7 @@ class _Run:
     def _print_budget(self, plan, shares: dict) -> None:
         from medseg_auto.plan import xyz
 
-        phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in self.record["phases"].items())
+        phases = ", ".join(f"{k} {fmt_duration(v)}" for k, v in self.clock.phases.items())
         print(f"\nBudget {fmt_duration(self.clock.budget)}: used {fmt_duration(self.clock.elapsed())} ({phases}); "
               f"configuration {plan.configuration}, patch {xyz(plan.patch_size)}; per fold: "
               + ", ".join(f"{f}: {fmt_duration(s)}" for f, s in shares.items())
@@ -410,34 +420,32 @@ class _Run:
                               f"too little to train. Rerun with a larger -t (the preprocessing is kept).")
 
     def _interrupted(self, error: BaseException) -> None:
-        self.record["state"] = "interrupted"
+        self.record.state = "interrupted"
         self.save()
         raise Interrupted(f"Interrupted ({error or 'signal'}). The last checkpoint is saved; "
                           f"{fmt_duration(self.clock.remaining())} of the budget is left. Resume with:\n"
                           f"  {self.opts.command}") from None
 
     def save(self) -> None:
-        self.record["clock"] = {"budget": self.clock.budget, "spent": round(self.clock.elapsed(), 1)}
-        self.workspace.write_record(self.record)
+        """The record, with the run's clock as it stands (``run.json``)."""
+        self.record.save(self.workspace.run_record)
 
 
-def _data_identity(checked: CheckedDataset) -> dict:
-    return {"cases": {c.name: {"images": [str(f) for f in c.channels.values()], "label": str(c.label)}
-                      for c in checked.cases},
-            "labels": checked.labels.record()}
+def _data_identity(checked: CheckedDataset, source: str) -> tuple[dict[str, CaseRecord], LabelsRecord]:
+    """The cases' files and the label mapping: what must not change for a run to resume."""
+    cases = {c.name: CaseRecord(tuple(str(f) for f in c.channels.values()), str(c.label)) for c in checked.cases}
+    return cases, LabelsRecord.from_dict(checked.labels.record(), source)
 
 
-def _ingest_record(checked: CheckedDataset, conversion) -> dict:
-    return _data_identity(checked) | {
-        "input": str(checked.discovery.root),
-        "layout": checked.discovery.layout,
-        "skipped_cases": checked.skipped,
-        "channels": {"keys": checked.channel_keys, "nnunet_names": conversion.channel_names,
-                     "colour": sorted(conversion.colour)},
-        "file_ending": conversion.file_ending,
-        "is_2d": checked.is_2d,
-        "raw_dataset": str(conversion.folder),
-    }
+def _ingest_fields(checked: CheckedDataset, conversion, source: str) -> dict:
+    """The run record's ingest part: what was found and how it was converted."""
+    cases, labels = _data_identity(checked, source)
+    return {"cases": cases, "labels": labels, "input": str(checked.discovery.root),
+            "layout": checked.discovery.layout, "skipped_cases": tuple(checked.skipped),
+            "channels": ChannelsRecord(tuple(checked.channel_keys), tuple(conversion.channel_names),
+                                       tuple(sorted(conversion.colour))),
+            "file_ending": conversion.file_ending, "is_2d": bool(checked.is_2d),
+            "raw_dataset": str(conversion.folder)}
 
 
 def _describe(identity: dict | None) -> str:

@@ -126,8 +126,8 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
     """Train (or resume, or only validate) one fold inside ``budget`` (a ``FoldBudget``); a fresh fold
     starts from the ``pretrained`` checkpoint's weights when given. ``earlier_stages`` names the fold folders
     of the models trained before this one on the fold (the cascade's ROI model, which its validation runs)."""
+    from medseg_auto.run_record import FoldClock
     from medseg_auto.trainers import distributed
-    from medseg_auto.trainers.time_budget import read_fold_clock
 
     workspace.activate()
     folder = fold_folder(workspace, trainer_class, plan.configuration, fold)
@@ -165,15 +165,12 @@ def train_fold(workspace: Workspace, plan: PlanResult, fold, budget, trainer_cla
             raise TrainingInterrupted(f"fold {fold} interrupted after its training, before its validation")
     if distributed.agree(float(not summary.is_file())) > 0.5 and trainer.validation_mode != "skipped":
         trainer.perform_actual_validation()  # rank 0's view of the files: every rank joins nnU-Net's validation
-    clock = read_fold_clock(str(folder)) or {}
-    return FoldResult(fold=fold, seconds=round(trainer.elapsed(), 1), epochs=clock.get("epochs", 0),
-                      iterations=clock.get("iterations", 0),
-                      batch_size=clock.get("global_batch_size") or trainer.batch_size,
-                      validation=trainer.validation_mode,
-                      precision=trainer.precision or clock.get("precision") or "fp32",
-                      dice=_validation_dice(summary, dataset_json),
-                      folder=str(folder), compiled=bool(clock.get("compiled", False)),
-                      warmup_seconds=round(float(clock.get("warmup_seconds") or 0.0), 1))
+    clock = FoldClock.read(folder) or FoldClock()
+    return FoldResult(fold=fold, seconds=round(trainer.elapsed(), 1), epochs=clock.epochs,
+                      iterations=clock.iterations, batch_size=clock.global_batch_size or trainer.batch_size,
+                      validation=trainer.validation_mode, precision=trainer.precision or clock.precision or "fp32",
+                      dice=_validation_dice(summary, dataset_json), folder=str(folder), compiled=clock.compiled,
+                      warmup_seconds=round(clock.warmup_seconds, 1))
 
 
 def epoch_line(trainer) -> str:

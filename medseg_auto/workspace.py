@@ -65,6 +65,7 @@ class Workspace:
 
     @property
     def run_record(self) -> Path:
+        """The run's record (``run_record.RunRecord``)."""
         return self.root / "run.json"
 
     @classmethod
@@ -96,12 +97,6 @@ class Workspace:
     def activate(self) -> None:
         """Point nnU-Net at this work folder (for this process and the workers it starts)."""
         os.environ.update(self.environment())
-
-    def write_record(self, record: dict) -> None:
-        write_json_atomic(self.run_record, record)
-
-    def read_record(self) -> dict | None:
-        return json.loads(self.run_record.read_text()) if self.run_record.is_file() else None
 
     @contextlib.contextmanager
     def lock(self):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from medseg_auto.run_record import FoldClock
 from medseg_auto.trainers.epoch_plan import EpochPlanner, FoldBudget, _Speed
 
 
@@ -67,8 +68,8 @@ def test_warm_up_steps_stay_out_of_the_speed_and_are_kept_apart():
 
 def test_a_resumed_session_warms_up_again_and_keeps_the_earlier_speed_through_a_one_step_epoch():
     planner = EpochPlanner(FoldBudget(seconds=600.0, spent=300.0), lambda mirrored: 40.0)
-    planner.restore({"speed": {"train_iter": 0.5, "val_iter": 0.2, "overhead": 1.0, "window": 0.1},
-                     "validation": "mirrored", "epochs": 6, "warmup_seconds": 20.0})
+    planner.restore(FoldClock.from_dict({"speed": {"train_iter": 0.5, "val_iter": 0.2, "overhead": 1.0, "window": 0.1},
+                                         "validation": "mirrored", "epochs": 6, "warmup_seconds": 20.0}))
     assert planner.mode_fixed and planner.validation_mode == "mirrored"
     planner.record_loop("train", 30.0, 1, 30.0)  # a one-step epoch near the end: warm-up only
     assert planner.speed.train_iter == pytest.approx(0.5)

@@ -121,7 +121,7 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 240
 def test_sigterm_then_kill9_resume_and_finish(tmp_path):
     project = tmp_path
     copy_hippocampus(project / "input_train" / "hippo", 10)
-    minutes = 2.5
+    minutes = 2.0
     record = project / "work" / "hippo" / "run.json"
 
     # 1. SIGTERM during training: checkpoint saved, resume command printed, exit 130

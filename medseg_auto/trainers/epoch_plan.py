@@ -10,8 +10,11 @@ and, under DDP, sends rank 0's answers to the other ranks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from medseg_auto.run_record import FoldClock
 
 FIRST_EPOCH_ITERATIONS = 5  # an epoch of unknown speed: short, it measures the speed for the next ones
 VALIDATION_MODES = ("mirrored", "fast", "skipped")
@@ -194,9 +197,9 @@ class EpochPlanner:
         return self.earlier_warmup + sum(self.warmup.values())
 
     # -- resume ----------------------------------------------------------------------------------------------
-    def restore(self, clock: dict) -> None:
+    def restore(self, clock: FoldClock) -> None:
         """Continue from the clock an earlier session saved beside its checkpoint (``medseg_clock.json``)."""
-        self.speed = _Speed(**clock["speed"])
-        self.validation_mode, self.mode_fixed = clock["validation"], clock["epochs"] > MODE_FIXED_AFTER_EPOCH
-        self.epoch = clock["epochs"]
-        self.earlier_warmup = float(clock.get("warmup_seconds", 0.0))
+        self.speed = replace(clock.speed)  # a copy: the planner updates its own
+        self.validation_mode, self.mode_fixed = clock.validation, clock.epochs > MODE_FIXED_AFTER_EPOCH
+        self.epoch = clock.epochs
+        self.earlier_warmup = float(clock.warmup_seconds)

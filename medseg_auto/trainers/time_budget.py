@@ -23,12 +23,10 @@ applies its answers.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
 import warnings
-from dataclasses import asdict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -36,6 +34,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from medseg_auto.device import without_nnunet_device_remarks
+from medseg_auto.run_record import CLOCK_FILE, FoldClock  # noqa: F401  (CLOCK_FILE importable from here too)
 from medseg_auto.trainers import distributed
 from medseg_auto.trainers.augmentation import pipeline_source, select_augmentation
 from medseg_auto.trainers.epoch_plan import VALIDATION_MODES, EpochPlanner, FoldBudget
@@ -43,7 +42,6 @@ from medseg_auto.trainers.epoch_plan import _Speed, epoch_iterations  # noqa: F4
 from medseg_auto.trainers.precision import choose_precision, native_bf16, train_in_bf16
 from medseg_auto.trainers.schedule import ElapsedFractionLR
 
-CLOCK_FILE = "medseg_clock.json"
 TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: nnU-Net's CUDA autocast
 
 
@@ -269,8 +267,9 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                 self.print_to_log_file("--precision bf16: this CPU has no native bfloat16, so it may be slower "
                                        "than float32.")
             return asked
-        if (clock := read_fold_clock(self.output_folder) or {}).get("precision") in ("fp32", "bf16"):
-            return clock["precision"]  # a resumed fold keeps its choice
+        clock = FoldClock.read(self.output_folder)
+        if clock is not None and clock.precision in ("fp32", "bf16"):
+            return clock.precision  # a resumed fold keeps its choice
         precision, why = choose_precision(distributed.unwrap(self.network), batch_shape)
         self.print_to_log_file(f"--precision auto: {precision} ({why}).")
         return precision
@@ -399,23 +398,20 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                 self._write_clock()
 
     def _write_clock(self) -> None:
+        """The fold's clock beside the checkpoint just saved (``run_record.FoldClock``)."""
         planner = self.planner
-        state = {"spent": self.elapsed(), "epochs": self.current_epoch + 1, "iterations": self.iterations_done,
-                 "batch_size": self.batch_size, "speed": asdict(planner.speed),
-                 "budget": asdict(self.budget), "validation": planner.validation_mode, "precision": self.precision,
-                 "compiled": self.compiled, "warmup_seconds": round(planner.warmup_seconds, 2),
-                 "ranks": distributed.world_size(), "global_batch_size": self.global_batch_size or self.batch_size}
-        path = os.path.join(self.output_folder, CLOCK_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(state, f, indent=1, default=float)
-        os.replace(path + ".tmp", path)
+        FoldClock(spent=self.elapsed(), epochs=self.current_epoch + 1, iterations=self.iterations_done,
+                  batch_size=self.batch_size, speed=planner.speed, budget=self.budget,
+                  validation=planner.validation_mode, precision=self.precision, compiled=self.compiled,
+                  warmup_seconds=round(planner.warmup_seconds, 2), ranks=distributed.world_size(),
+                  global_batch_size=self.global_batch_size or self.batch_size).write(self.output_folder)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
-        clock = read_fold_clock(self.output_folder)
-        if clock:
+        clock = FoldClock.read(self.output_folder)
+        if clock is not None:
             self.planner.restore(clock)
-            self.iterations_done = clock["iterations"]
+            self.iterations_done = clock.iterations
 
     # -- final validation inside the budget ---------------------------------------------------------------
     def estimate_validation_seconds(self, mirrored: bool) -> float:
@@ -499,12 +495,3 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
     def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
         """Everything goes to nnU-Net's log file; the console gets the runner's one line per epoch."""
         super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
-
-
-def read_fold_clock(fold_folder: str) -> dict | None:
-    """The clock saved beside the fold's last checkpoint, or None."""
-    path = os.path.join(fold_folder, CLOCK_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
