@@ -232,11 +232,7 @@ class RunRecord:
         """The record of ``path``, or None where there is none yet."""
         if not path.is_file():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise InputError(f"{path} is not valid JSON ({e}); {_RUN_REMEDY}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(_json_file(path, _RUN_REMEDY), str(path))
 
     def save(self, path: Path) -> None:
         """Written atomically: a kill leaves the previous record or this one, never half of one."""
@@ -304,11 +300,7 @@ class FoldClock:
         path = Path(folder) / CLOCK_FILE
         if not path.is_file():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as e:
-            raise InputError(f"{path} is not valid JSON ({e}); {_CLOCK_REMEDY}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(_json_file(path, _CLOCK_REMEDY), str(path))
 
     def write(self, folder: str | os.PathLike) -> None:
         """Written atomically, so the clock beside a checkpoint is never half a file."""
@@ -319,6 +311,14 @@ class FoldClock:
 
 
 # -- reading -------------------------------------------------------------------------------------------------
+
+def _json_file(path: Path, remedy: str) -> Any:
+    """The file's JSON; an ``InputError`` naming it and ending on ``remedy`` where it does not parse."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is not valid JSON ({e}); {remedy}") from None
+
 
 @contextlib.contextmanager
 def _remedy(text: str) -> Iterator[None]:
