@@ -274,15 +274,19 @@ def _settings_text(settings: dict, folds: dict, planned_batch: int | None) -> st
     """One line on how training used the machine (train.training_settings), e.g. the CPU defaults."""
     if not settings:
         return "- Training settings: not recorded."
-    workers = settings["augmentation_workers"]
-    parts = [f"- Trained on {settings['device']}: {settings['torch_threads']} torch thread(s), "
-             f"{workers or 'no'} augmentation worker(s)" + (" (augmentation in the main process)" if not workers
-                                                         else "")]
     processes = settings.get("fold_processes")
+    threads, workers = settings["torch_threads"], settings["augmentation_workers"]
+    if processes:  # what each fold process (each DDP rank) had, not the launching process
+        threads, workers = processes["torch_threads_per_rank"], processes["augmentation_workers_per_rank"]
+    machine = f"{threads} torch thread(s), {workers or 'no'} augmentation worker(s)" + (
+        " (augmentation in the main process)" if not workers else "")
     if processes:
-        parts.append(f"{processes['at_once']} fold process(es) at once ({', '.join(processes['where'])})"
-                     + (f", {processes['ranks_per_fold']} DDP ranks per fold" if processes["ranks_per_fold"] > 1
-                        else ""))
+        ranks = processes["ranks_per_fold"]
+        parts = [f"- Trained on {settings['device']}: {processes['at_once']} fold process(es) at once "
+                 f"({', '.join(processes['where'])})" + (f", {ranks} DDP ranks per fold" if ranks > 1 else "")
+                 + f", each {'rank' if ranks > 1 else 'process'} with {machine}"]
+    else:
+        parts = [f"- Trained on {settings['device']}: {machine}"]
     compiled = [f for f in folds.values() if f.get("compiled")]
     if compiled:
         parts.append(f"network compiled (torch.compile) in {len(compiled)} fold(s), first steps "

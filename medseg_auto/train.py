@@ -68,8 +68,9 @@ def configure_nnunet_processes(device_type: str, processes: int = 1) -> set[str]
 
 def training_settings(device_type: str, settings: dict) -> dict:
     """How training used the machine, for the model card: the device, torch threads, nnU-Net's augmentation
-    workers and default process count (as nnU-Net read them), how much augmentation, the learning rate and its shape, the precision
-    asked for, and the user's batch or, on a CPU, the batch cap in voxels."""
+    workers and default process count (as nnU-Net read them in this process; fold processes' own are added
+    by the run), how much augmentation, the learning rate and its shape, the precision asked for, and the
+    user's batch or, on a CPU, the batch cap in voxels."""
     import torch
     from nnunetv2.configuration import default_num_processes
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA

@@ -224,3 +224,18 @@ def test_gpus_on_a_machine_without_cuda_is_refused_before_planning(project, trai
     code, _, err = train_cli("-d", "hippo", "-f", "0", "-t", "30", "--gpus", "0")  # --device auto: the CPU
     assert code == 2 and "--gpus: no CUDA GPU is visible" in err
     assert not (project / "work" / "hippo" / "nnUNet_preprocessed").exists()
+
+
+def test_model_card_says_what_each_fold_process_had():
+    """The card's line on the machine gives each fold process's threads and workers, not the launcher's."""
+    from medseg_auto.report import _settings_text
+
+    settings = {"device": "cpu", "torch_threads": 2, "augmentation_workers": 1, "precision": "fp32", "lr_shape": "poly",
+                "fold_processes": {"at_once": 2, "ranks_per_fold": 1, "torch_threads_per_rank": 1,
+                                   "augmentation_workers_per_rank": 0, "where": ["cpu worker 1", "cpu worker 2"]}}
+    folds = {"0": {"batch_size": 2, "precision": "fp32"}, "1": {"batch_size": 2, "precision": "fp32"}}
+    text = _settings_text(settings, folds, 7)
+    assert text.startswith("- Trained on cpu: 2 fold process(es) at once (cpu worker 1, cpu worker 2), each "
+                           "process with 1 torch thread(s), no augmentation worker(s)"), text
+    alone = _settings_text({k: v for k, v in settings.items() if k != "fold_processes"}, folds, 7)
+    assert alone.startswith("- Trained on cpu: 2 torch thread(s), 1 augmentation worker(s);"), alone
