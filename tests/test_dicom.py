@@ -566,6 +566,36 @@ def test_per_case_dicom_series_folders_are_channels(project, train_cli):
     assert sorted(channels.values()) == ["FLAIR", "T1c"]
 
 
+def test_dicom_seg_inside_the_case_series_folder_is_its_label(project, train_cli):
+    """A case folder as a PACS export leaves it: the slices and the case's DICOM-SEG side by side, every file
+    named by its UID without an ending. The SEG is the case's label (found by its content, not its name) and
+    no slice of the series; labels come out voxel-exact, and prediction's reading of the folder skips it."""
+    import json
+
+    from conftest import read_record
+    from medseg_auto.predict.dicom_seg import write_dicom_seg
+
+    cases = uint8_cases(5)
+    root = project / "input_train" / "pacs"
+    for i, case in enumerate(cases):
+        folder = root / case
+        write_series(hippocampus_image(case), folder, seed=i)
+        for f in folder.iterdir():  # PACS names: the SOP instance UID, no ending
+            f.rename(folder / pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        label = sitk.GetArrayFromImage(hippocampus_image(case, label=True)).astype(np.uint8)
+        seg = write_dicom_seg(label, project / "seg.dcm", folder, [("anterior", (1,)), ("posterior", (2,))])
+        seg.rename(folder / pydicom.dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
+    assert dicom.is_series_folder(root / cases[0])
+    assert_same(read_image(root / cases[0]), hippocampus_image(cases[0]))  # the SEG is no slice
+    code, out, err = train_cli("-d", "pacs", "-l", "anterior,posterior", "--check")
+    assert code == 0, err
+    assert "Cases      5 usable" in out
+    listing = json.loads((Path(read_record(project, "pacs")["raw_dataset"]) / "dataset.json").read_text())["dataset"]
+    for case, files in listing.items():
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(files["label"])),
+                                      sitk.GetArrayFromImage(hippocampus_image(case, label=True)))
+
+
 # --- prediction: series in, NIfTI and DICOM-SEG out ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

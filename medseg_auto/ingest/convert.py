@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_auto.ingest.formats import (DICOM_ENDINGS, NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, ImageData,
-                                        image_ending, is_planar, read_image, spatial_part, write_volume)
+from medseg_auto.ingest.formats import (NNUNET_PLANAR_ENDINGS, NNUNET_VOLUME_ENDINGS, ImageData, image_ending,
+                                        is_dicom_path, is_planar, read_image, spatial_part, write_volume)
 from medseg_auto.ingest.labels import LabelPlan
 from medseg_auto.ingest.layout import SourceCase
 from medseg_auto.ingest.scan import FileInfo
@@ -143,7 +143,7 @@ def _write_image(src: Path, out: Path, series: str | None = None) -> None:
         with Image.open(src) as image:
             image = image.convert("L") if image.mode in ("RGB", "RGBA", "P", "LA") else image
             image.save(out)
-    elif src.is_dir() or image_ending(src) in DICOM_ENDINGS:  # a DICOM series or multi-frame file, as one volume
+    elif is_dicom_path(src):  # a DICOM series or multi-frame file, as one volume
         write_volume(read_image(src, series), out)
     else:
         import SimpleITK as sitk
@@ -186,7 +186,7 @@ def _write_label(src: Path, out: Path, mapping: dict[int, int], info: FileInfo) 
 
         with Image.open(src) as image:
             Image.fromarray(remap(np.asarray(image))).save(out)
-    elif image_ending(src) in DICOM_ENDINGS:  # a DICOM-SEG, placed on its series' grid
+    elif is_dicom_path(src):  # a DICOM-SEG, placed on its series' grid
         seg = read_image(src)
         write_volume(ImageData(seg.spacing, seg.origin, seg.direction, 1, array=remap(seg.array)), out)
     else:

@@ -38,6 +38,18 @@ def stem(path: Path | str) -> str:
     return name[: -len(ending)] if ending else name
 
 
+def is_dicom_path(path: Path) -> bool:
+    """Read by the DICOM reader: a series folder, a ``.dcm`` file, or a DICOM file without an ending (as PACS
+    exports name them, by UID)."""
+    if path.is_dir() or image_ending(path) in DICOM_ENDINGS:
+        return True
+    if image_ending(path) is not None or not path.is_file():
+        return False
+    from medseg_auto.ingest.dicom import is_dicom_file
+
+    return is_dicom_file(path)
+
+
 def is_planar(path: Path | str) -> bool:
     return image_ending(path) in PLANAR_ENDINGS
 
@@ -86,7 +98,7 @@ class ImageHeader(Geometry):
 def read_header(path: Path, series: str | None = None) -> ImageHeader:
     """Read only the header: checking a folder of large scans costs milliseconds per file, not a read.
     ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
-    if path.is_dir() or image_ending(path) in DICOM_ENDINGS:
+    if is_dicom_path(path):
         from medseg_auto.ingest.dicom import read_dicom_header
 
         return read_dicom_header(path, series)
@@ -111,7 +123,7 @@ def read_header(path: Path, series: str | None = None) -> ImageHeader:
 def read_image(path: Path, series: str | None = None) -> ImageData:
     """Read any supported image file; raises an exception with the library's message when it cannot.
     ``series`` (``--series``) picks the series of a DICOM folder that holds several."""
-    if path.is_dir() or image_ending(path) in DICOM_ENDINGS:  # a DICOM series folder, a DICOM-SEG
+    if is_dicom_path(path):  # a DICOM series folder, a DICOM-SEG
         from medseg_auto.ingest.dicom import read_dicom
 
         return read_dicom(path, series)

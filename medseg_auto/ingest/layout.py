@@ -27,7 +27,7 @@ from pathlib import Path
 from medseg_auto.errors import InputError
 from medseg_auto.ingest.channels import canonical_name, channel_keys, common_affix, same_channel
 from medseg_auto.ingest.dataset_json import DatasetJson, looks_like_decathlon, read_dataset_json
-from medseg_auto.ingest.dicom import is_series_folder
+from medseg_auto.ingest.dicom import is_seg_file, is_series_folder
 from medseg_auto.ingest.formats import image_ending, stem
 from medseg_auto.ingest.label_folders import choose
 from medseg_auto.ingest.problems import DATASET, WARNING, Problem
@@ -330,14 +330,16 @@ def _discover_per_case(folder: Path, label_pattern: str | None, ending: str | No
 
 def _find_label(case: str, files: list[Path], pattern: str | None, root: Path,
                 problems: list[Problem]) -> Path | None:
-    """The label file of one case folder, or None with a problem saying why."""
+    """The label file of one case folder (by its name, else a DICOM-SEG by its content), or None with a
+    problem saying why."""
     names = ", ".join(f.name for f in files)
     if pattern:
         hits = [f for f in files if _matches(f, pattern)]
         how = f"--label-pattern '{pattern}'"
     else:
         hits = [f for f in files if _STRONG_LABEL.search(stem(f))] or \
-               [f for f in files if _WEAK_LABEL.search(stem(f))]
+               [f for f in files if _WEAK_LABEL.search(stem(f))] or \
+               [f for f in files if f.is_file() and image_ending(f) in (None, ".dcm") and is_seg_file(f)]
         how = "--label-pattern 'GLOB' (a file-name pattern such as '*seg*')"
     if len(hits) == 1:
         return hits[0]
@@ -541,7 +543,8 @@ def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path
                      hidden: list[Path] | None = None) -> list[Path]:
     """Image files directly in ``folder`` (sorted); other files go to ``ignored``, dot files (macOS's
     ``._*`` copies) to ``hidden``. A DICOM series folder in ``folder`` counts as one image file; a series
-    folder itself is one image (listed first), with the non-DICOM image files beside its slices (a label)."""
+    folder itself is one image (listed first), with the non-DICOM image files and DICOM-SEGs beside its
+    slices (a label)."""
     if not folder.is_dir():
         return []
     series = is_series_folder(folder)
@@ -556,7 +559,9 @@ def list_image_files(folder: Path, ending: str | None = None, ignored: list[Path
                 out.append(f)
             continue
         e = image_ending(f)
-        if series and e in (None, ".dcm"):  # the series' own files
+        if series and e in (None, ".dcm"):  # the series' own files, but for a DICOM-SEG beside them (a label)
+            if ending is None and is_seg_file(f):
+                out.append(f)
             continue
         if e is not None and (ending is None or e == ending.lower()):
             out.append(f)

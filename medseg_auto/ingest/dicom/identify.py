@@ -53,6 +53,24 @@ def is_multiframe_file(path: Path) -> bool:
         return False
 
 
+def is_seg_file(path: Path) -> bool:
+    """A DICOM-SEG (a label), whatever its name: its SOP class, read from the header alone."""
+    from medseg_auto.ingest.dicom.fast_reader import _SOP_CLASS, _fast_read, _text
+
+    try:
+        raw = _fast_read(path, pixels=False)
+    except Exception:  # unreadable or truncated: not taken for a label; reading it says why
+        return False
+    if raw is not None:
+        return _text(raw.values.get(_SOP_CLASS, b"")) == SEG_SOP_CLASS
+    if not is_dicom_file(path):
+        return False
+    try:
+        return str(_read_header(path).get("SOPClassUID", "")) == SEG_SOP_CLASS
+    except Exception:
+        return False
+
+
 def describe_dicom_file(path: Path) -> str:
     """What a DICOM file holds, for a message about a file given where a series was expected."""
     try:

@@ -59,15 +59,16 @@ def _files(folder: Path) -> list[Path]:
 
 
 def is_series_folder(folder: Path) -> bool:
-    """A folder whose DICOM files include image slices, or hold no image at all (a DICOMDIR, a report: read
-    as a series, they are reported by name); a folder of DICOM-SEGs holds labels. A folder of several
+    """A folder whose DICOM files include image slices (a DICOM-SEG among them is the case's label), or hold
+    no image at all (a DICOMDIR, a report: read as a series, they are reported by name); a folder of
+    DICOM-SEGs alone holds labels. A folder of several
     multi-frame ``.dcm`` files and no slices holds volumes, one per file (``images/CASE.dcm``, a case's
     ``T1.dcm`` and ``T2.dcm``), as a folder of NIfTI files does; one such file alone is a series folder.
     Reads the first few DICOM headers only (every one of a folder of multi-frame files); records the series
     it sees for DICOM-SEG references."""
     if not folder.is_dir():
         return False
-    seen, volumes = 0, {}
+    seen, segs, volumes = 0, 0, {}
     with os.scandir(folder) as entries:  # the entries' types come with the listing: no stat of every file
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
     for name in names:
@@ -98,11 +99,14 @@ def is_series_folder(folder: Path) -> bool:
         if multi and image_ending(f) == ".dcm":  # a volume of its own: slices, or more such files, decide
             volumes[uid] = f
             continue
-        seen += 1
         if image:
             _remember(uid, folder)
             return True
-        if sop_class == SEG_SOP_CLASS or seen >= 4:
+        if sop_class == SEG_SOP_CLASS:
+            segs += 1
+        else:
+            seen += 1
+        if seen + segs >= 4:
             stopped = True
             break
     else:
@@ -146,6 +150,8 @@ def list_series(folder: Path, pixels: _PixelMap | None = None, names: list[str] 
             if raw is None and not is_dicom_file(f):
                 continue
             items = _slices_by_pydicom(folder, f, pixels, raw.data if raw is not None and pixels is not None else None)
+            if not items:  # a DICOM-SEG beside the slices: the case's label, not part of the series
+                continue
             if items[0].frame is not None:
                 files_of_frames.append(items)
                 continue
@@ -163,8 +169,9 @@ def list_series(folder: Path, pixels: _PixelMap | None = None, names: list[str] 
 
 def _slices_by_pydicom(folder: Path, f: Path, pixels: _PixelMap | None, data: bytes | None = None) -> list[Slice]:
     """A file the fast path leaves to pydicom: its slice, or a multi-frame image's frames (and, with
-    ``pixels``, their values decoded by pydicom where it can), or the :class:`DicomError` that says what the
-    file is. ``data``: the whole file, where the fast path has read it already."""
+    ``pixels``, their values decoded by pydicom where it can), none for a DICOM-SEG (a label may lie beside
+    its slices), or the :class:`DicomError` that says what the file is. ``data``: the whole file, where the
+    fast path has read it already."""
     import pydicom
 
     try:
@@ -177,6 +184,8 @@ def _slices_by_pydicom(folder: Path, f: Path, pixels: _PixelMap | None, data: by
         if pixels is not None:
             pixels.update(frame_pixels(f, ds))
         return frames
+    if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS:
+        return []
     if not _is_image(ds):
         raise DicomError(f"{f.name} in the series folder {folder.name}/ is {_what_it_is(f, ds)}: move it "
                          f"out of the folder (a series folder holds the slices of one series only)")
