@@ -42,33 +42,34 @@ def _is_multiframe_image(ds) -> bool:
     return str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS and "Rows" in ds and _frames(ds) > 1
 
 
+def _kind(path: Path) -> tuple[str, bool] | None:
+    """The file's SOP class and whether it is a multi-frame image, from its header alone (our fast reader,
+    pydicom for what it leaves); None for a file that is no readable DICOM file."""
+    from medseg_auto.ingest.dicom.fast_reader import _SOP_CLASS, _fast_is_multiframe, _fast_read, _text
+
+    try:
+        raw = _fast_read(path, pixels=False)
+        if raw is not None:
+            return _text(raw.values.get(_SOP_CLASS, b"")), _fast_is_multiframe(raw)
+        if not is_dicom_file(path):
+            return None
+        ds = _read_header(path)
+        return str(ds.get("SOPClassUID", "")), _is_multiframe_image(ds)
+    except Exception:  # unreadable or truncated: reading it as an image or label says why
+        return None
+
+
 def is_multiframe_file(path: Path) -> bool:
     """A DICOM file holding a multi-frame image: a volume by itself (a scan), where a single slice or a
     DICOM-SEG is not."""
-    if not is_dicom_file(path):
-        return False
-    try:
-        return _is_multiframe_image(_read_header(path))
-    except Exception:  # unreadable: not taken for a scan; reading it would say why
-        return False
+    kind = _kind(path)
+    return kind is not None and kind[1]
 
 
 def is_seg_file(path: Path) -> bool:
     """A DICOM-SEG (a label), whatever its name: its SOP class, read from the header alone."""
-    from medseg_auto.ingest.dicom.fast_reader import _SOP_CLASS, _fast_read, _text
-
-    try:
-        raw = _fast_read(path, pixels=False)
-    except Exception:  # unreadable or truncated: not taken for a label; reading it says why
-        return False
-    if raw is not None:
-        return _text(raw.values.get(_SOP_CLASS, b"")) == SEG_SOP_CLASS
-    if not is_dicom_file(path):
-        return False
-    try:
-        return str(_read_header(path).get("SOPClassUID", "")) == SEG_SOP_CLASS
-    except Exception:
-        return False
+    kind = _kind(path)
+    return kind is not None and kind[0] == SEG_SOP_CLASS
 
 
 def describe_dicom_file(path: Path) -> str:
